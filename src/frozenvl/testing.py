@@ -1,0 +1,77 @@
+"""Tiny randomly initialised backbones built from config objects: no download, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from frozenvl.backbones.vision import VisionEncoder
+
+TINY_LM_FAMILIES = ("llama", "gpt2", "qwen2", "opt")
+
+
+def tiny_tokenizer():
+    """A real byte-level BPE tokenizer with no merges (every byte is a token), built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<s>": 0, "</s>": 1}
+    for ch in sorted(byte_alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def tiny_lm(family: str = "llama", vocab_size: int = 258, hidden: int = 32, layers: int = 4, heads: int = 4,
+            seed: int = 0) -> nn.Module:
+    """A tiny causal LM of the given family (llama, gpt2, qwen2, opt), randomly initialised, in eval mode."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                             max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
+        model = tf.LlamaForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
+                            bos_token_id=0, eos_token_id=1)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "qwen2":
+        # Qwen pads its embedding matrix past the tokenizer: new tokens then land inside the frozen matrix.
+        cfg = tf.Qwen2Config(vocab_size=vocab_size + 6, hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                             max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+        model = tf.Qwen2ForCausalLM(cfg)
+    elif family == "opt":
+        cfg = tf.OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, max_position_embeddings=512, word_embed_proj_dim=hidden,
+                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        model = tf.OPTForCausalLM(cfg)
+    else:
+        raise ValueError(f"unknown tiny LM family {family!r}; known: {', '.join(TINY_LM_FAMILIES)}")
+    return model.eval()
+
+
+class TinyConvEncoder(nn.Module):
+    """A tiny random CNN: (N, 3, H, W) -> (N, C, H/8, W/8)."""
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def tiny_vision(image_size: int = 32, channels: int = 16, seed: int = 0) -> VisionEncoder:
+    torch.manual_seed(seed)
+    return VisionEncoder.from_module(TinyConvEncoder(channels), feature_dim=channels, image_size=image_size,
+                                     name="tiny-conv")
