@@ -44,7 +44,8 @@ def test_cider_matches_pycocoevalcap_cider_class():
         "2": ["two dogs playing with a frisbee in the park", "dogs chase a red frisbee outdoors"],
         "3": ["a plate of food with broccoli rice and chicken", "dinner chicken rice & greens"],
     }
-    res = {"1": ["a man rides a horse on the beach"], "2": ["two dogs play in a park"], "3": ["a plate with rice"]}
+    res = {"1": ["a man rides a horse on the beach"], "2": ["two dogs play in a park"],
+           "3": ["a plate with rice"]}
     score, per = Cider().compute_score(gts, res)
     assert ours["CIDEr"] == pytest.approx(100 * score, rel=1e-12)
     assert [ours["per_sample"][k] for k in (1, 2, 3)] == pytest.approx(list(100 * per))
@@ -76,17 +77,19 @@ def test_cider_uses_java_ptb_when_available():
 
 
 CAPTIONS = [
-    "A man's dog, running (fast)!", 'Don\'t stop... the "big" red car.', "It's 3:00 p.m. -- U.S.A. e.g. cat's",
-    "two dogs;playing in the snow-covered field?", "", "I can't won't they're we'll he'd I'm",
-    "a {b} [c] & 50% $5 ok", "Mr. Smith's 1,000 cats 3.5 ok'", "'quoted' `tick` \u201ccurly\u201d it\u2019s",
-    "cannot gonna wanna", "a/b a-b", "The cat sat on the mat. The dog didn't.", "People's bikes at 5 o'clock",
+    "A man's dog, running (fast)!", 'Don\'t stop... the "big" red car.',
+    "It's 3:00 p.m. -- U.S.A. e.g. cat's", "two dogs;playing in the snow-covered field?", "",
+    "I can't won't they're we'll he'd I'm", "a {b} [c] & 50% $5 ok", "Mr. Smith's 1,000 cats 3.5 ok'",
+    "'quoted' `tick` \u201ccurly\u201d it\u2019s", "cannot gonna wanna", "a/b a-b",
+    "The cat sat on the mat. The dog didn't.", "People's bikes at 5 o'clock",
     "A woman holding an umbrella: it's raining.", "a caf\u00e9 in paris",
 ]
 EXPECTED = [
-    "a man 's dog running -lrb- fast -rrb-", "do n't stop the big red car", "it 's 3:00 p.m. u.s.a. e.g. cat 's",
-    "two dogs playing in the snow-covered field", "", "i ca n't wo n't they 're we 'll he 'd i 'm",
-    "a -lcb- b -rcb- -lsb- c -rsb- & 50 % $ 5 ok", "mr. smith 's 1,000 cats 3.5 ok", "quoted tick curly it 's",
-    "can not gon na wan na", "a/b a-b", "the cat sat on the mat the dog did n't", "people 's bikes at 5 o'clock",
+    "a man 's dog running -lrb- fast -rrb-", "do n't stop the big red car",
+    "it 's 3:00 p.m. u.s.a. e.g. cat 's", "two dogs playing in the snow-covered field", "",
+    "i ca n't wo n't they 're we 'll he 'd i 'm", "a -lcb- b -rcb- -lsb- c -rsb- & 50 % $ 5 ok",
+    "mr. smith 's 1,000 cats 3.5 ok", "quoted tick curly it 's", "can not gon na wan na", "a/b a-b",
+    "the cat sat on the mat the dog did n't", "people 's bikes at 5 o'clock",
     "a woman holding an umbrella it 's raining", "a caf\u00e9 in paris",
 ]
 
