@@ -1,0 +1,140 @@
+"""Facet-decoupled attention (FDA): pack a caption prefix and K prompt segments into one sequence.
+
+Layout of one row (right padding shown; left padding puts the pads first)::
+
+    [ prefix (P tokens) | segment 1 (s_1) | ... | segment K (s_K) | pad ... ]
+    positions: 0 .. P-1 | P .. P+s_1-1    | ... | P .. P+s_K-1    | 0 ...
+
+Rules of the additive float mask (B, 1, L, L), 0 where a query may attend and ``finfo(dtype).min`` elsewhere:
+
+- causal (a query never sees a later column);
+- keys must be real tokens, never padding;
+- a prompt token sees the prefix and its own segment only, never another segment.
+
+Every segment restarts its positions right after the prefix, so each facet is computed exactly as if its
+segment followed the prefix alone. The mask has one head dimension of size 1 (it broadcasts over heads; never
+expand it). It is a float mask on purpose: boolean 4D masks are silently wrong under eager attention in
+transformers 5.x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PAD_SEGMENT = -1
+PREFIX_SEGMENT = 0
+
+
+@dataclass
+class PackedFacets:
+    input_ids: torch.Tensor  # (B, L) long
+    position_ids: torch.Tensor  # (B, L) long
+    attention_mask: torch.Tensor  # (B, 1, L, L) float, additive
+    last_index: torch.Tensor  # (B, K) long: column of the last token of each prompt
+
+
+def segment_ids(prefix_lengths: list[int], segment_lengths: list[int], length: int, left_pad: bool) -> torch.Tensor:
+    """(B, L): PAD_SEGMENT for padding, PREFIX_SEGMENT for the prefix, k + 1 for prompt k."""
+    lengths = torch.tensor(segment_lengths, dtype=torch.long)
+    seg_labels = torch.repeat_interleave(torch.arange(1, len(segment_lengths) + 1), lengths)
+    rows = torch.full((len(prefix_lengths), length), PAD_SEGMENT, dtype=torch.long)
+    for b, p in enumerate(prefix_lengths):
+        real = torch.cat([torch.full((p,), PREFIX_SEGMENT, dtype=torch.long), seg_labels])
+        start = length - len(real) if left_pad else 0
+        rows[b, start:start + len(real)] = real
+    return rows
+
+
+def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, leak_padding: bool = False) -> torch.Tensor:
+    """(B, L) segment ids -> (B, 1, L, L) additive float mask (see the module docstring for the rules).
+
+    ``leak_padding=True`` reproduces the official FLAME code, which masks padding *queries* but lets real
+    tokens attend to padding keys (embeddings then depend on how much padding a batch has).
+    """
+    length = segments.shape[1]
+    q_seg = segments[:, :, None]  # (B, L, 1)
+    k_seg = segments[:, None, :]  # (B, 1, L)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()  # (L, L)
+    same_or_prefix = (k_seg == PREFIX_SEGMENT) | (k_seg == q_seg)  # (B, L, L)
+    if leak_padding:
+        same_or_prefix = same_or_prefix | (k_seg == PAD_SEGMENT)
+    allowed = causal & same_or_prefix & (q_seg != PAD_SEGMENT)
+    if not leak_padding:
+        allowed = allowed & (k_seg != PAD_SEGMENT)
+    # A padding query sees only itself, so no row is fully masked (its output is never read).
+    eye = torch.eye(length, dtype=torch.bool, device=segments.device)
+    allowed = allowed | (eye & (q_seg == PAD_SEGMENT))
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, L, L)
+
+
+def pack_facets(
+    prefixes: list[list[int]],
+    segments: list[list[int]],
+    pad_id: int,
+    dtype: torch.dtype,
+    padding_side: str = "right",
+    official_compat: bool = False,
+) -> PackedFacets:
+    """Pack B token-id prefixes with the same K prompt segments into one FDA batch.
+
+    ``official_compat=True`` reproduces the official FLAME behaviour: padding keys leak into the mask and
+    positions run 0..L-1 over the padded row without restarting after the prefix.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    left = padding_side == "left"
+    seg_lengths = [len(s) for s in segments]
+    tail = [t for s in segments for t in s]
+    length = max(len(p) for p in prefixes) + len(tail)
+    batch = len(prefixes)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, length), dtype=torch.long)
+    last_index = torch.zeros((batch, len(segments)), dtype=torch.long)
+    seg_pos = torch.cat([torch.arange(n) for n in seg_lengths])  # (S,) position inside each segment
+    seg_ends = torch.tensor(seg_lengths).cumsum(0) - 1  # (K,) last token of each segment, from its start
+    for b, prefix in enumerate(prefixes):
+        n = len(prefix) + len(tail)
+        start = length - n if left else 0
+        input_ids[b, start:start + n] = torch.tensor(prefix + tail)
+        position_ids[b, start:start + len(prefix)] = torch.arange(len(prefix))
+        position_ids[b, start + len(prefix):start + n] = len(prefix) + seg_pos
+        last_index[b] = start + len(prefix) + seg_ends
+    seg = segment_ids([len(p) for p in prefixes], seg_lengths, length, left)
+    if official_compat:
+        position_ids = torch.arange(length).expand(batch, length).clone()
+    mask = facet_attention_mask(seg, dtype, leak_padding=official_compat)
+    return PackedFacets(input_ids, position_ids, mask, last_index)
+
+
+def prefix_cache_masks(
+    prefix_lengths: list[int], segment_lengths: list[int], dtype: torch.dtype, padding_side: str = "right",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for the shared-prefix KV-cache mode.
+
+    Returns the prefix mask (B, 1, P, P) for the prefix pass and the segment mask (B*K, 1, S, P + S) for the
+    pass over all segments against the prefix cache repeated K times (row b*K + k is prompt k of caption b).
+    """
+    left = padding_side == "left"
+    p_max, s_max = max(prefix_lengths), max(segment_lengths)
+    n_seg = len(segment_lengths)
+    prefix_seg = segment_ids(prefix_lengths, [], p_max, left)  # (B, P): 0 real, -1 pad
+    prefix_mask = facet_attention_mask(prefix_seg, dtype)  # (B, 1, P, P)
+    # Segment rows (K, S): a real token of prompt k is PREFIX_SEGMENT-like (0), padding is PAD_SEGMENT.
+    seg_rows = segment_ids(segment_lengths, [], s_max, left)
+    prefix_keys = prefix_seg.repeat_interleave(n_seg, dim=0)  # (B*K, P)
+    seg_keys = seg_rows.repeat(len(prefix_lengths), 1)  # (B*K, S)
+    keys = torch.cat([prefix_keys, seg_keys], dim=1)  # (B*K, P+S)
+    # Queries are the segment tokens; causal inside the segment, all real prefix keys visible.
+    rows = keys.shape[0]
+    allowed = torch.zeros(rows, s_max, p_max + s_max, dtype=torch.bool)
+    allowed[:, :, :p_max] = (prefix_keys == PREFIX_SEGMENT)[:, None, :]
+    causal = torch.ones(s_max, s_max, dtype=torch.bool).tril()
+    allowed[:, :, p_max:] = causal & (seg_keys != PAD_SEGMENT)[:, None, :]
+    q_pad = (seg_keys == PAD_SEGMENT)[:, :, None]  # (B*K, S, 1)
+    allowed &= ~q_pad
+    allowed[:, :, p_max:] |= torch.eye(s_max, dtype=torch.bool) & q_pad
+    seg_mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return prefix_mask, seg_mask[:, None]
