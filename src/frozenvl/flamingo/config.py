@@ -1,0 +1,72 @@
+"""FlamingoConfig: everything that describes a Flamingo, saved beside its trainable weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class FlamingoConfig:
+    # Frozen backbones, referenced by source (not copied into checkpoints).
+    lm: str = "embedded:smollm2-135m"
+    vision: str = "embedded:efficientnet-lite0"
+    # Gated cross-attention.
+    cross_attn_every: int = 4  # a block before every N-th decoder layer
+    placement: str = "first"  # "first": layers 0, N, 2N...; "openflamingo": (i + 1) % N == 0
+    xattn_kind: str = "gated_dense"  # "gated_dense" (paper) or "vanilla" (ablation: no dense FFW)
+    gating: str = "tanh"  # "tanh" (paper) or "none" (ablation)
+    xattn_heads: int = 8
+    xattn_dim_head: int = 64
+    ff_mult: int = 4
+    only_attend_immediate: bool = True  # False: a token sees every previous image of its document
+    # Resampler.
+    resampler: str = "perceiver"  # "perceiver" | "mlp" | "transformer"
+    resampler_dim: int | None = None  # None: the vision feature size (OpenFlamingo); else a projection first
+    resampler_depth: int = 6
+    resampler_heads: int = 8
+    resampler_dim_head: int = 64
+    num_latents: int = 64
+    max_frames: int | None = 8  # temporal embeddings for video; None: none (OpenFlamingo)
+    # Processor.
+    max_images: int = 32  # per sequence
+    max_length: int = 2048  # tokens per sequence
+
+    def __post_init__(self) -> None:
+        checks = {
+            "placement": (self.placement, ("first", "openflamingo")),
+            "xattn_kind": (self.xattn_kind, ("gated_dense", "vanilla")),
+            "gating": (self.gating, ("tanh", "none")),
+            "resampler": (self.resampler, ("perceiver", "mlp", "transformer")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"FlamingoConfig.{name} must be one of {allowed}, got {value!r}")
+        for name in ("cross_attn_every", "xattn_heads", "xattn_dim_head", "ff_mult", "resampler_depth",
+                     "resampler_heads", "resampler_dim_head", "num_latents", "max_images", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"FlamingoConfig.{name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FlamingoConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown FlamingoConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FlamingoConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e

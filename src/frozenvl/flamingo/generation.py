@@ -1,0 +1,218 @@
+"""Generation for Flamingo: greedy, sampling and beam search.
+
+With ``use_cache=True`` (default) the prompt, its images, the visual tokens and the cross-attention keys/values
+are computed once; each step feeds one token per row through the LM's KV cache (:class:`FlamingoCache`).
+``use_cache=False`` recomputes everything from the pixels at every step: the reference the cached path must match
+token for token, and the baseline of ``benchmarks/generation.py``.
+
+Prompts are left padded. Generation stops at ``<|endofchunk|>`` (and EOS) and never emits ``<image>``.
+Returns the prompt followed by the new tokens, rows that stopped early padded with the pad token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _Decoder:
+    """Feeds tokens to the model, with or without caching; rows can be reordered (beam search)."""
+
+    def __init__(self, model, input_ids, attention_mask, pixel_values, document_ids, use_cache: bool):
+        self.model = model
+        self.use_cache = use_cache
+        self.ids = input_ids
+        self.mask = attention_mask
+        self.pixels = pixel_values
+        self.docs = document_ids
+        self.cache = None
+
+    def first(self) -> torch.Tensor:  # -> (N, V) logits of the next token
+        out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, use_cache=self.use_cache,
+                         logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+    def next(self, tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:  # tokens (N,)
+        if index is not None:
+            self.ids, self.mask = self.ids[index], self.mask[index]
+            if self.docs is not None:
+                self.docs = self.docs[index]
+            if self.pixels is not None:
+                self.pixels = self.pixels[index]
+            if self.cache is not None:
+                self.cache = self.cache.select(index)
+        one = torch.ones_like(tokens).unsqueeze(1)
+        self.ids = torch.cat([self.ids, tokens.unsqueeze(1)], dim=1)
+        self.mask = torch.cat([self.mask, one], dim=1)
+        if self.docs is not None:
+            self.docs = torch.cat([self.docs, self.docs[:, -1:]], dim=1)
+        if self.use_cache:
+            out = self.model(tokens.unsqueeze(1), one, cache=self.cache, use_cache=True, logits_to_keep=1)
+            self.cache = out.cache
+        else:
+            out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
+        return out.logits[:, -1]
+
+
+def _process_logits(logits: torch.Tensor, banned: list[int], temperature: float, top_k: int,
+                    top_p: float) -> torch.Tensor:
+    logits = logits.float().clone()
+    logits[:, banned] = float("-inf")
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,  # (B, L) left padded
+    attention_mask: torch.Tensor | None = None,  # (B, L)
+    pixel_values: torch.Tensor | None = None,  # (B, T_img, [F,] C, H, W)
+    *,
+    max_new_tokens: int = 20,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    length_penalty: float = 1.0,
+    stop_token_ids: list[int] | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    document_ids: torch.Tensor | None = None,
+    **_: object,
+) -> torch.Tensor:  # (B, L + new)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("generate needs left padding: the last prompt token of a row is padding "
+                         "(use the processor with padding_side='left')")
+    stops = stop_token_ids if stop_token_ids is not None else sorted({model.end_of_chunk_token_id,
+                                                                       model.eos_token_id})
+    banned = [model.image_token_id]
+    if model.pad_token_id not in stops and model.pad_token_id != model.eos_token_id:
+        banned.append(model.pad_token_id)
+    was_training = model.training
+    model.eval()
+    try:
+        if num_beams == 1:
+            new = _greedy_or_sample(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens,
+                                    do_sample, temperature, top_k, top_p, stops, banned, use_cache, generator)
+        else:
+            new = _beam_search(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens,
+                               num_beams, length_penalty, stops, banned, use_cache)
+    finally:
+        model.train(was_training)
+    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+
+
+def _greedy_or_sample(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens, do_sample,
+                      temperature, top_k, top_p, stops, banned, use_cache, generator) -> torch.Tensor:
+    B = input_ids.shape[0]
+    stop_ids = torch.tensor(stops, device=input_ids.device)
+    decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache)
+    logits = decoder.first()
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    tokens = []
+    for step in range(max_new_tokens):
+        scores = _process_logits(logits, banned, temperature if do_sample else 1.0, top_k if do_sample else 0,
+                                 top_p if do_sample else 1.0)
+        if do_sample:
+            nxt = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        else:
+            nxt = scores.argmax(-1)
+        nxt = torch.where(finished, torch.full_like(nxt, model.pad_token_id), nxt)
+        tokens.append(nxt)
+        finished |= torch.isin(nxt, stop_ids)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        logits = decoder.next(nxt, None)
+    return torch.stack(tokens, dim=1)
+
+
+def _beam_search(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens, K, length_penalty,
+                 stops, banned, use_cache) -> torch.Tensor:
+    B = input_ids.shape[0]
+    device = input_ids.device
+    expand = lambda t: None if t is None else t.repeat_interleave(K, dim=0)  # noqa: E731
+    decoder = _Decoder(model, expand(input_ids), expand(attention_mask), expand(pixel_values),
+                       expand(document_ids), use_cache)
+    logits = decoder.first()  # (B*K, V)
+    V = logits.shape[-1]
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
+    done = [False] * B
+    stop_set = set(stops)
+    for step in range(max_new_tokens):
+        logp = F.log_softmax(_process_logits(logits, banned, 1.0, 0, 1.0), dim=-1)  # (B*K, V)
+        cand = (beam_scores.view(-1, 1) + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(2 * K, dim=1)  # (B, 2K)
+        new_scores = torch.full((B, K), float("-inf"), device=device)
+        new_beams = torch.zeros((B, K), dtype=torch.long, device=device)
+        new_tokens = torch.full((B, K), model.pad_token_id, dtype=torch.long, device=device)
+        gen_len = step + 1
+        for b in range(B):
+            if done[b]:
+                new_beams[b] = torch.arange(K, device=device)
+                continue
+            slot = 0
+            for rank in range(2 * K):
+                score = float(top_scores[b, rank])
+                if score == float("-inf"):
+                    break
+                beam, token = divmod(int(top_idx[b, rank]), V)
+                if token in stop_set:
+                    if rank < K:  # a stop among the K best candidates closes a hypothesis
+                        hyp = torch.cat([seqs[b * K + beam], torch.tensor([token], device=device)])
+                        finished[b].append((score / gen_len**length_penalty, hyp))
+                    continue
+                new_scores[b, slot], new_beams[b, slot], new_tokens[b, slot] = score, beam, token
+                slot += 1
+                if slot == K:
+                    break
+            if len(finished[b]) >= K:
+                worst_kept = sorted(s for s, _ in finished[b])[-K]
+                best_alive = float(new_scores[b].max()) / gen_len**length_penalty
+                done[b] = best_alive <= worst_kept
+        index = (torch.arange(B, device=device).unsqueeze(1) * K + new_beams).view(-1)
+        seqs = torch.cat([seqs[index], new_tokens.view(-1, 1)], dim=1)
+        beam_scores = new_scores
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logits = decoder.next(new_tokens.view(-1), index)
+    gen_len = seqs.shape[1]
+    outputs = []
+    for b in range(B):
+        hyps = list(finished[b])
+        if not done[b]:
+            for k in range(K):
+                if beam_scores[b, k] > float("-inf"):
+                    hyps.append((float(beam_scores[b, k]) / gen_len**length_penalty, seqs[b * K + k]))
+        best = max(hyps, key=lambda h: h[0])[1]
+        outputs.append(best)
+    width = max(len(o) for o in outputs)
+    result = torch.full((B, width), model.pad_token_id, dtype=torch.long, device=device)
+    for b, o in enumerate(outputs):
+        result[b, : len(o)] = o
+    return result

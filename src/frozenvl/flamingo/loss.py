@@ -1,0 +1,30 @@
+"""Loss masking for Flamingo's next-token objective (DESIGN.md section 1).
+
+Ignored targets: padding; ``<image>`` tokens; text before the first image; text after an ``<|endofchunk|>``
+until the next ``<image>`` (in interleaved pages that text belongs to no image). ``<|endofchunk|>`` itself is a
+target: the model must learn where a chunk ends, which is also where generation stops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def flamingo_labels(labels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    image_token_id: int, end_of_chunk_token_id: int) -> torch.Tensor:
+    """(B, L) labels aligned with ``input_ids`` (HF convention: shifted inside the loss) -> masked copy."""
+    out = labels.clone()
+    is_image = input_ids == image_token_id
+    is_eoc = input_ids == end_of_chunk_token_id
+    if attention_mask is not None:
+        out[attention_mask == 0] = IGNORE_INDEX
+    out[is_image] = IGNORE_INDEX
+    out[is_image.long().cumsum(-1) == 0] = IGNORE_INDEX
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    last_image = torch.where(is_image, positions, -1).cummax(-1).values  # (B, L) latest <image> at or before p
+    last_eoc = torch.where(is_eoc, positions, -1).cummax(-1).values
+    last_eoc_before = torch.cat([torch.full_like(last_eoc[:, :1], -1), last_eoc[:, :-1]], dim=1)  # strictly before
+    out[last_eoc_before > last_image] = IGNORE_INDEX
+    return out

@@ -1,0 +1,274 @@
+"""The Flamingo model: frozen vision encoder -> resampler -> gated cross-attention inside a frozen causal LM.
+
+Trainable: the resampler (and its optional input projection), the cross-attention blocks, and the rows of the
+new tokens in the LM's embedding and output head. Everything else is frozen and referenced by source when saved.
+
+A call may continue an earlier one: pass the :class:`FlamingoCache` it returned. The cache carries the LM's KV
+cache, the visual tokens, the cross-attention keys/values and the media bookkeeping, so generation and
+prefix-cached scoring never recompute the prompt, the images, or the visual keys/values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frozenvl.backbones.cache import atomic_path
+from frozenvl.backbones.language import FrozenLanguageModel, find_decoder_layers
+from frozenvl.backbones.vision import VisionEncoder
+from frozenvl.flamingo.config import FlamingoConfig
+from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
+from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
+from frozenvl.flamingo.loss import IGNORE_INDEX, flamingo_labels
+from frozenvl.flamingo.media_mask import build_media_mask, image_documents, text_time
+from frozenvl.flamingo.resampler import build_resampler
+
+WEIGHTS_NAME = "trainable.safetensors"
+CONFIG_NAME = "flamingo_config.json"
+
+
+@dataclass
+class FlamingoCache:
+    """Everything needed to continue a sequence: pass it back as ``cache=`` with the next tokens."""
+
+    past_key_values: object  # the LM's transformers Cache
+    media: torch.Tensor | None  # (B, T_img, n, Dv) visual tokens, or None if no image yet
+    media_docs: torch.Tensor  # (B, T_img) document of each image, -1 for padding images
+    attention_mask: torch.Tensor  # (B, L_seen) 1 for real tokens, 0 for padding
+    last_time: torch.Tensor  # (B,) text_time of the last token seen
+    last_doc: torch.Tensor  # (B,) document id of the last token seen
+    xattn_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def select(self, index: torch.Tensor) -> FlamingoCache:
+        """Rows ``index`` of the batch (beam reordering, repeating a prefix for several continuations).
+
+        The LM's KV cache is reordered in place: use the returned cache, not this one, afterwards
+        (``copy.deepcopy`` first to keep both).
+        """
+        pkv = self.past_key_values
+        if not hasattr(pkv, "reorder_cache"):
+            raise TypeError(f"the LM's cache {type(pkv).__name__} cannot be reordered")
+        pkv.reorder_cache(index)
+        return FlamingoCache(
+            past_key_values=pkv,
+            media=None if self.media is None else self.media[index],
+            media_docs=self.media_docs[index],
+            attention_mask=self.attention_mask[index],
+            last_time=self.last_time[index],
+            last_doc=self.last_doc[index],
+            xattn_kv={k: (kk[index], vv[index]) for k, (kk, vv) in self.xattn_kv.items()},
+        )
+
+
+@dataclass
+class FlamingoOutput:
+    logits: torch.Tensor  # (B, L, V) (or the last logits_to_keep positions)
+    loss: torch.Tensor | None = None
+    cache: FlamingoCache | None = None
+
+
+class Flamingo(nn.Module):
+    def __init__(self, config: FlamingoConfig, lm: FrozenLanguageModel, vision: VisionEncoder):
+        super().__init__()
+        self.config = config
+        self.lm = lm.model
+        self.tokenizer = lm.tokenizer
+        self.lm_source = lm.source
+        self.image_token_id = lm.image_token_id
+        self.end_of_chunk_token_id = lm.end_of_chunk_token_id
+        self.pad_token_id = lm.pad_token_id
+        self.eos_token_id = lm.eos_token_id
+        self.vision = vision
+        dim_visual = config.resampler_dim or vision.feature_dim
+        self.vision_proj = (nn.Linear(vision.feature_dim, dim_visual) if dim_visual != vision.feature_dim
+                            else nn.Identity())
+        self.resampler = build_resampler(config.resampler, dim_visual, config.resampler_depth,
+                                         config.resampler_dim_head, config.resampler_heads, config.num_latents,
+                                         config.max_frames, config.ff_mult)
+        parent, attr, layers = find_decoder_layers(self.lm)
+        self.fused_indices = fused_layer_indices(len(layers), config.cross_attn_every, config.placement)
+        hidden = lm.hidden_size
+        fused = []
+        for i, layer in enumerate(layers):
+            if i in self.fused_indices:
+                block = GatedCrossAttentionBlock(hidden, dim_visual, config.xattn_dim_head, config.xattn_heads,
+                                                 config.ff_mult, config.gating, config.xattn_kind)
+                layer = FusedDecoderLayer(layer, block, i)
+            fused.append(layer)
+        setattr(parent, attr, nn.ModuleList(fused))
+        self._lm_takes_position_ids = "position_ids" in inspect.signature(self.lm.forward).parameters
+        self.vocab_size = self.lm.get_output_embeddings().vocab_size
+
+    # ----------------------------------------------------------------------------------------------- media
+    def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T_img, C, H, W) images or (B, T_img, F, C, H, W) videos -> visual tokens (B, T_img, n, Dv)."""
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values.unsqueeze(2)
+        if pixel_values.ndim != 6:
+            raise ValueError("pixel_values must be (B, T_img, C, H, W) or (B, T_img, F, C, H, W), "
+                             f"got shape {tuple(pixel_values.shape)}")
+        B, T, Fr = pixel_values.shape[:3]
+        vision_dtype = next(self.vision.parameters(), torch.empty(0)).dtype
+        with torch.no_grad():
+            feats = self.vision(pixel_values.flatten(0, 2).to(vision_dtype))  # (B*T*F, N, D)
+        feats = feats.reshape(B, T, Fr, *feats.shape[1:])  # (B, T, F, N, D)
+        proj_dtype = next(self.resampler.parameters()).dtype
+        return self.resampler(self.vision_proj(feats.to(proj_dtype)))  # (B, T, n, Dv)
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L)
+        pixel_values: torch.Tensor | None = None,  # (B, T_img, [F,] C, H, W)
+        labels: torch.Tensor | None = None,  # (B, L); masked by the rules of DESIGN.md section 1
+        document_ids: torch.Tensor | None = None,  # (B, L) packed documents never see each other's images
+        cache: FlamingoCache | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        media: torch.Tensor | None = None,  # precomputed visual tokens instead of pixel_values
+        **_: object,
+    ) -> FlamingoOutput:
+        B, L = input_ids.shape
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if document_ids is None:
+            document_ids = (cache.last_doc.unsqueeze(1).expand(B, L) if cache is not None
+                            else torch.zeros_like(input_ids))
+
+        new_media = self.encode_media(pixel_values) if pixel_values is not None else media
+        past_media = cache.media if cache is not None else None
+        # Images of this chunk: numbered after those already in the cache.
+        start_time = cache.last_time if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
+        token_time = start_time.unsqueeze(1) + text_time(input_ids, self.image_token_id)  # (B, L)
+        if new_media is not None:
+            chunk_docs = image_documents(input_ids, self.image_token_id, document_ids, new_media.shape[1])
+            media_all = new_media if past_media is None else torch.cat([past_media, new_media], dim=1)
+            docs_all = chunk_docs if cache is None else torch.cat([cache.media_docs, chunk_docs], dim=1)
+            kv = {}  # new visual tokens: the cross-attention keys/values are recomputed from all media
+        elif past_media is not None:
+            media_all, docs_all, kv = past_media, cache.media_docs, cache.xattn_kv
+        else:
+            media_all, docs_all, kv = None, None, {}
+        if media_all is not None and int(token_time.max()) > media_all.shape[1]:
+            raise ValueError(f"the text has {int(token_time.max())} <image> tokens but only "
+                             f"{media_all.shape[1]} images were given")
+
+        full_mask = attention_mask if cache is None else torch.cat([cache.attention_mask, attention_mask], dim=1)
+        lm_kwargs = dict(input_ids=input_ids, attention_mask=full_mask, use_cache=use_cache,
+                         logits_to_keep=logits_to_keep)
+        if cache is not None:
+            lm_kwargs["past_key_values"] = cache.past_key_values
+        if self._lm_takes_position_ids:
+            # Positions from the mask, so left padding does not shift a row (a batch equals its rows).
+            lm_kwargs["position_ids"] = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+
+        context = None
+        if media_all is not None:
+            dtype = media_all.dtype
+            mask = build_media_mask(token_time, document_ids, docs_all, media_all.shape[2],
+                                    self.config.only_attend_immediate, dtype)
+            context = VisualContext(media=media_all, mask=mask, kv=kv)
+        with conditioning(context):
+            out = self.lm(**lm_kwargs)
+        logits = out.logits
+
+        loss = None
+        if labels is not None:
+            target = flamingo_labels(labels, input_ids, attention_mask, self.image_token_id,
+                                     self.end_of_chunk_token_id)
+            loss = causal_lm_loss(logits, target)
+
+        new_cache = None
+        if use_cache:
+            new_cache = FlamingoCache(
+                past_key_values=out.past_key_values,
+                media=media_all,
+                media_docs=docs_all if docs_all is not None else torch.zeros(B, 0, dtype=torch.long, device=device),
+                attention_mask=full_mask,
+                last_time=token_time[:, -1],
+                last_doc=document_ids[:, -1],
+                xattn_kv=context.kv if context is not None else {},
+            )
+        return FlamingoOutput(logits=logits, loss=loss, cache=new_cache)
+
+    # ------------------------------------------------------------------------------------------ generation
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Greedy, sampling or beam search; see :func:`frozenvl.flamingo.generation.generate`."""
+        from frozenvl.flamingo.generation import generate
+
+        return generate(self, input_ids, attention_mask, pixel_values, **kwargs)
+
+    # ------------------------------------------------------------------------------------- save and load
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the config and the trainable weights (safetensors) atomically; backbones are referenced."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            self.config.save(tmp / CONFIG_NAME)
+            tensors = {n: t.contiguous().cpu() for n, t in self.trainable_state_dict().items()}
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "frozenvl": "flamingo"})
+            (tmp / "backbones.json").write_text(json.dumps({"lm": self.config.lm, "vision": self.config.vision},
+                                                           indent=2) + "\n")
+
+    def load_trainable(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(f"checkpoint does not match the model: missing {missing[:10]}"
+                           f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                           f"{'...' if len(unexpected) > 10 else ''}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                if name in own:
+                    if own[name].shape != tensor.shape:
+                        raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
+                                         f"{tuple(own[name].shape)}")
+                    own[name].copy_(tensor)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, lm=None, tokenizer=None, vision=None,
+                        **overrides) -> Flamingo:
+        """Rebuild from a folder written by :meth:`save_pretrained`.
+
+        The frozen backbones are loaded from the sources in the config, or taken from ``lm``/``tokenizer``/
+        ``vision`` (model instances, or source strings) when given.
+        """
+        from safetensors.torch import load_file
+
+        from frozenvl.flamingo.build import build
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{path} is not a frozenvl Flamingo folder: {CONFIG_NAME} is missing")
+        config = FlamingoConfig.load(path / CONFIG_NAME)
+        if overrides:
+            config = replace(config, **overrides)
+        model, _ = build(config=config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
+                         vision=vision if vision is not None else config.vision)
+        model.load_trainable(load_file(str(path / WEIGHTS_NAME)))
+        return model
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that are not ignored. (B, L, V), (B, L) -> ()"""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0  # nothing to learn from: a zero that keeps the graph
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)

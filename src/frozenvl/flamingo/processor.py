@@ -1,0 +1,143 @@
+"""FlamingoProcessor: interleaved text with ``<image>`` markers plus per-sample images or videos -> tensors.
+
+Text format: ``<image>caption<|endofchunk|>`` per chunk. ``images[i]`` lists the media of sample ``i`` in the
+order of its ``<image>`` markers; a medium is an image (PIL image, HWC uint8 array, path, bytes, or an already
+transformed (C, H, W) tensor) or a video (a list of frames, sampled at 1 FPS by the caller or the data loader).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+from frozenvl.backbones.language import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+
+
+class FlamingoProcessor:
+    def __init__(self, tokenizer, image_transform: Callable, max_images: int = 32, max_length: int = 2048,
+                 padding_side: str = "right"):
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.max_images = max_images
+        self.max_length = max_length
+        self.padding_side = padding_side
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.end_of_chunk_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    # ----------------------------------------------------------------------------------------------- images
+    def load_image(self, image, where: str) -> torch.Tensor:  # -> (C, H, W)
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3:
+                raise ValueError(f"{where}: an image tensor must be (C, H, W), got shape {tuple(image.shape)}")
+            return image.float()
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                with Image.open(image) as im:
+                    im.load()
+                    image = im.convert("RGB")
+            elif isinstance(image, (bytes, bytearray)):
+                with Image.open(io.BytesIO(image)) as im:
+                    im.load()
+                    image = im.convert("RGB")
+            return self.image_transform(image)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from e
+
+    def _media_tensor(self, medium, where: str) -> torch.Tensor:  # -> (F, C, H, W)
+        if isinstance(medium, (list, tuple)):
+            if not medium:
+                raise ValueError(f"{where}: a video must have at least one frame")
+            return torch.stack([self.load_image(f, f"{where} frame {k}") for k, f in enumerate(medium)])
+        return self.load_image(medium, where).unsqueeze(0)
+
+    # ------------------------------------------------------------------------------------------------- call
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        images: Sequence[Sequence] | None = None,
+        padding_side: str | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Returns ``input_ids`` and ``attention_mask`` (B, L), and ``pixel_values`` (B, T_img, F, C, H, W)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        max_length = max_length or self.max_length
+        if images is None:
+            images = [[] for _ in texts]
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but images for {len(images)} samples")
+
+        rows, media = [], []
+        for i, (text, sample_media) in enumerate(zip(texts, images)):
+            if not isinstance(text, str):
+                raise TypeError(f"sample {i}: text must be a string, got {type(text).__name__}")
+            sample_media = list(sample_media or [])
+            markers = text.count(IMAGE_TOKEN)
+            if markers != len(sample_media):
+                raise ValueError(f"sample {i}: the text has {markers} {IMAGE_TOKEN} markers but "
+                                 f"{len(sample_media)} images/videos were given")
+            if markers > self.max_images:
+                raise ValueError(f"sample {i}: {markers} images, more than the maximum of {self.max_images}")
+            ids = self.tokenizer(text)["input_ids"]
+            if len(ids) > max_length:
+                raise ValueError(f"sample {i}: {len(ids)} tokens, more than max_length={max_length}")
+            n_markers = sum(1 for t in ids if t == self.image_token_id)
+            if n_markers != markers:
+                raise ValueError(f"sample {i}: tokenizer split {IMAGE_TOKEN} ({n_markers} tokens for {markers} markers)")
+            rows.append(ids)
+            media.append([self._media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
+
+        L = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
+            input_ids[i, sl] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, sl] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        pixel_values = self._stack_media(media)
+        if pixel_values is not None:
+            batch["pixel_values"] = pixel_values
+        return batch
+
+    def _stack_media(self, media: list[list[torch.Tensor]]) -> torch.Tensor | None:
+        all_media = [m for sample in media for m in sample]
+        if not all_media:
+            return None
+        frames = {m.shape[0] for m in all_media}
+        shapes = {tuple(m.shape[1:]) for m in all_media}
+        if len(frames) > 1:
+            raise ValueError(f"all media in a batch need the same number of frames, got {sorted(frames)} "
+                             "(images count as 1 frame; sample videos to a fixed frame count)")
+        if len(shapes) > 1:
+            raise ValueError(f"all images in a batch need one shape after the transform, got {sorted(shapes)}")
+        T = max(len(s) for s in media)
+        Fr, shape = frames.pop(), shapes.pop()
+        pixel_values = torch.zeros(len(media), T, Fr, *shape)  # padding images are never attended to
+        for i, sample in enumerate(media):
+            for j, m in enumerate(sample):
+                pixel_values[i, j] = m
+        return pixel_values
+
+    # ----------------------------------------------------------------------------------------------- decode
+    def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode_new(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:
+        """Decode generated continuations: cut at ``<|endofchunk|>``, drop padding and specials."""
+        out = []
+        for row in sequences[:, prompt_length:].tolist():
+            if self.end_of_chunk_token_id in row:
+                row = row[: row.index(self.end_of_chunk_token_id)]
+            out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return out
