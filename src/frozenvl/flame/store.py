@@ -1,0 +1,228 @@
+"""Offline store of facet embeddings: sharded fp16 arrays, a key index and metadata.
+
+Layout of a store folder::
+
+    meta.json                what produced the embeddings (LLM, layer, prompt-set hash, dims); never changes
+    manifest.json            the committed shards, in order: [{"name": "shard-00000", "rows": N}, ...]
+    shard-00000.npy          (N, K, D) float16, L2-normalised facet embeddings
+    shard-00000.keys.json    the N sample keys of that shard, row order
+
+Writing is resumable: a shard is written atomically (keys, then array), and only then recorded in the manifest
+(atomically). A run killed at any moment leaves either a recorded shard or an unrecorded one that the next run
+overwrites under the same name; keys already recorded are skipped, so a killed and rerun job gives the same
+store as an uninterrupted one, with no duplicates. A store refuses to be extended with other metadata.
+
+Reading memory-maps the shards; :meth:`EmbeddingStore.join` attaches embeddings to image samples by key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from frozenvl.backbones.cache import atomic_path
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "frozenvl.flame.store/1"
+META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+# Fields of the metadata that must match for a store to be extended (everything that changes the numbers).
+IDENTITY_FIELDS = ("format", "lm", "layer", "prompt_set_hash", "num_facets", "dim", "dtype", "normalized",
+                   "max_length", "official_compat")
+
+
+class StoreMismatchError(ValueError):
+    """The store on disk was made with another configuration."""
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_json(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def store_meta(encoder_description: dict) -> dict:
+    """Store metadata from :meth:`FacetTextEncoder.describe` (plus the storage format)."""
+    return {"format": STORE_FORMAT, "dtype": "float16", "normalized": True, **encoder_description}
+
+
+class EmbeddingStoreWriter:
+    """Append-only writer; opening an existing store checks that its metadata matches ``meta``."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta_path = self.root / META_FILE
+        if meta_path.exists():
+            existing = _read_json(meta_path)
+            diff = {k: (existing.get(k), meta.get(k)) for k in IDENTITY_FIELDS if existing.get(k) != meta.get(k)}
+            if diff:
+                lines = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
+                raise StoreMismatchError(f"refusing to extend the embedding store {self.root} made with another "
+                                         f"configuration ({lines}); use a new output folder")
+            self.meta = existing
+        else:
+            _write_json_atomic(meta_path, meta)
+            self.meta = meta
+        manifest = self.root / MANIFEST_FILE
+        self.shards: list[dict] = _read_json(manifest)["shards"] if manifest.exists() else []
+        self.keys: set[str] = set()
+        for shard in self.shards:
+            self.keys.update(_read_json(self.root / f"{shard['name']}.keys.json"))
+
+    def write_shard(self, keys: list[str], embeddings: np.ndarray) -> str:
+        """Commit one shard (N, K, D) atomically, then record it in the manifest."""
+        shape = (len(keys), self.meta["num_facets"], self.meta["dim"])
+        if embeddings.shape != shape:
+            raise ValueError(f"shard has shape {embeddings.shape}, the store expects {shape}")
+        if len(set(keys)) != len(keys) or self.keys.intersection(keys):
+            raise ValueError("a shard would duplicate keys already in the store")
+        name = f"shard-{len(self.shards):05d}"
+        _write_json_atomic(self.root / f"{name}.keys.json", list(keys))
+        with atomic_path(self.root / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, embeddings.astype(np.float16))
+                f.flush()
+                os.fsync(f.fileno())
+        self._record(name, len(keys))
+        self.keys.update(keys)
+        return name
+
+    def _record(self, name: str, rows: int) -> None:
+        self.shards.append({"name": name, "rows": rows})
+        _write_json_atomic(self.root / MANIFEST_FILE, {"shards": self.shards})
+
+
+@dataclass
+class EmbedReport:
+    written: int = 0
+    already_stored: int = 0
+    duplicates: int = 0
+    empty: int = 0
+    shards: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"written": self.written, "already_stored": self.already_stored, "duplicates": self.duplicates,
+                "empty": self.empty, "shards_written": len(self.shards)}
+
+
+def embed_to_store(
+    records: Iterable[tuple[str, str]],
+    encoder,
+    root: str | os.PathLike,
+    batch_size: int = 32,
+    shard_size: int = 4096,
+    progress: bool = True,
+    total: int | None = None,
+) -> EmbedReport:
+    """Embed ``(key, caption)`` records into the store at ``root``, skipping keys it already holds.
+
+    Shards hold ``shard_size`` records (the last one fewer) and are encoded in batches aligned to the shard
+    start, so a resumed run encodes exactly the batches an uninterrupted run would.
+    """
+    from tqdm import tqdm
+
+    from frozenvl.flame.prompts import clean_caption
+
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("batch_size and shard_size must be positive")
+    writer = EmbeddingStoreWriter(root, store_meta(encoder.describe()))
+    report = EmbedReport()
+    pending: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        keys = [k for k, _ in pending]
+        chunks = []
+        for i in range(0, len(pending), batch_size):
+            emb = encoder.encode([c for _, c in pending[i:i + batch_size]], clean=False)  # (b, K, D)
+            chunks.append(F.normalize(emb, dim=-1).numpy())
+        report.shards.append(writer.write_shard(keys, np.concatenate(chunks)))
+        report.written += len(keys)
+        pending.clear()
+
+    bar = tqdm(records, total=total, desc="flame embed", unit="caption", disable=not progress)
+    for key, caption in bar:
+        key = str(key)
+        if key in writer.keys:
+            report.already_stored += 1
+            continue
+        if key in seen:
+            report.duplicates += 1
+            continue
+        text = clean_caption(caption or "")
+        if not text:
+            report.empty += 1
+            continue
+        seen.add(key)
+        pending.append((key, text))
+        if len(pending) == shard_size:
+            flush()
+    if pending:
+        flush()
+    bar.close()
+    if report.duplicates or report.empty:
+        log.warning("skipped %d duplicate keys and %d empty captions", report.duplicates, report.empty)
+    return report
+
+
+class EmbeddingStore:
+    """Read-only, memory-mapped view of a store: ``store[key] -> (K, D) float16``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not (self.root / META_FILE).exists():
+            raise FileNotFoundError(f"{self.root} is not a FLAME embedding store (no {META_FILE})")
+        self.meta = _read_json(self.root / META_FILE)
+        manifest = self.root / MANIFEST_FILE
+        shards = _read_json(manifest)["shards"] if manifest.exists() else []
+        self._arrays = [np.load(self.root / f"{s['name']}.npy", mmap_mode="r") for s in shards]
+        self._index: dict[str, tuple[int, int]] = {}
+        self.missing = 0  # samples skipped by the last join()
+        for i, s in enumerate(shards):
+            for row, key in enumerate(_read_json(self.root / f"{s['name']}.keys.json")):
+                self._index[key] = (i, row)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        shard, row = self._index[key]
+        return self._arrays[shard][row]  # (K, D) float16, memory-mapped
+
+    def get_batch(self, keys: list[str]) -> torch.Tensor:
+        """(N, K, D) float32 tensor for the given keys."""
+        return torch.from_numpy(np.stack([np.asarray(self[k], dtype=np.float32) for k in keys]))
+
+    def join(self, samples: Iterable[dict], key_field: str = "__key__",
+             out_field: str = "text_embeddings") -> Iterator[dict]:
+        """Attach each sample's embeddings by key; samples whose key is not stored are skipped and counted."""
+        self.missing = 0
+        for sample in samples:
+            key = sample.get(key_field)
+            if key not in self._index:
+                self.missing += 1
+                continue
+            yield {**sample, out_field: np.asarray(self[key], dtype=np.float32)}
