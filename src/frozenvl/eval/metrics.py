@@ -86,6 +86,12 @@ def vqa_score(predictions: Mapping[Any, str], answers: Mapping[Any, Sequence[str
     return {"accuracy": 100.0 * float(np.mean(list(per.values()))), "per_sample": per}
 
 
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised answer (top-1 accuracy of video QA)."""
+    pred = normalize_answer(prediction)
+    return float(any(normalize_answer(a) == pred for a in answers))
+
+
 def accuracy(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
     """Fraction of exact matches, in [0, 1]."""
     if len(predictions) != len(labels):
