@@ -1,0 +1,143 @@
+"""`frozenvl data ...`: generate the synthetic world, convert datasets to shards, inspect shards.
+
+    frozenvl data synth OUT [--seed 0 --image-size 64 --pairs 10000 ...]
+    frozenvl data convert folder IMAGES CAPTIONS.csv|.jsonl OUT
+    frozenvl data convert coco CAPTIONS.json IMAGES OUT [--records pairs|caption|retrieval]
+    frozenvl data convert vqav2 QUESTIONS.json IMAGES OUT [--annotations ANNOTATIONS.json]
+    frozenvl data convert mmc4 DOCS.jsonl IMAGES OUT
+    frozenvl data inspect SHARDS   # count samples by kind and skipped ones by reason
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from frozenvl.data import convert as conv
+from frozenvl.data.synth import EVAL_SPLITS, SPLIT_IDS, TRAIN_SPLITS, WorldConfig, generate_world
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="frozenvl data", description="Shards: synthetic world, converters, inspection.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic world (train + eval shards, world.json)",
+                       description="Deterministic synthetic world: shapes scenes as pairs, interleaved pages, "
+                                   "videos and evaluation splits (" + ", ".join(EVAL_SPLITS) + ").")
+    s.add_argument("out", help="output folder (train/, eval/, world.json)")
+    s.add_argument("--seed", type=int, default=0, help="world seed; same seed, same bytes (default 0)")
+    s.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    s.add_argument("--image-format", choices=("png", "jpg", "webp"), default="png")
+    s.add_argument("--pairs", type=int, default=10_000, help="training image-text pairs (default 10000)")
+    s.add_argument("--interleaved", type=int, default=2_000, help="training interleaved pages (default 2000)")
+    s.add_argument("--video", type=int, default=1_000, help="training video-text pairs (default 1000)")
+    s.add_argument("--eval", type=int, default=500, help="records per evaluation split (default 500)")
+    s.add_argument("--episodes", type=int, default=100, help="icl_words episodes (default 100)")
+    s.add_argument("--n-way", type=int, default=3, help="icl_words classes per episode (default 3)")
+    s.add_argument("--k-shot", type=int, default=4, help="icl_words support examples per class (default 4)")
+    s.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    s.add_argument("--workers", type=int, default=1, help="generator processes (default 1)")
+    s.add_argument("--splits", nargs="+", choices=list(SPLIT_IDS), default=list(TRAIN_SPLITS + EVAL_SPLITS),
+                   help="splits to write (default: all)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("convert", help="convert a dataset to frozenvl shards",
+                       description="Convert a dataset to frozenvl shards; prints what was skipped and why.")
+    csub = c.add_subparsers(dest="source", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+        q.add_argument("--max-size", type=int, default=None, help="downscale images whose longest side is larger")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = csub.add_parser("folder", help="folder of images + CSV/JSONL captions -> image-text pairs",
+                        description="Rows name an image (column image/file/filename/path) and a caption "
+                                    "(caption/text/title); optional long_caption, key, language.")
+    f.add_argument("images", help="image folder")
+    f.add_argument("captions", help="CSV with a header, or JSONL")
+    f.add_argument("out", help="output folder")
+    f.add_argument("--prefix", default="pairs", help="shard name prefix (default pairs)")
+    f.add_argument("--image-column", default=None, help="column holding the image file name")
+    f.add_argument("--caption-column", default=None, help="column holding the caption")
+    common(f)
+
+    o = csub.add_parser("coco", help="COCO captions JSON + image folder -> pairs or eval records")
+    o.add_argument("captions_json", help="e.g. annotations/captions_train2017.json")
+    o.add_argument("images", help="image folder, e.g. train2017/")
+    o.add_argument("out", help="output folder")
+    o.add_argument("--records", choices=("pairs", "caption", "retrieval"), default="pairs",
+                   help="pairs: one pair per caption (training); caption/retrieval: one record per image")
+    common(o)
+
+    v = csub.add_parser("vqav2", help="VQAv2 questions (+ annotations) JSON + image folder -> VQA records")
+    v.add_argument("questions_json", help="e.g. v2_OpenEnded_mscoco_val2014_questions.json")
+    v.add_argument("images", help="image folder; the last number in a file name is its image id")
+    v.add_argument("out", help="output folder")
+    v.add_argument("--annotations", default=None, help="e.g. v2_mscoco_val2014_annotations.json (answers)")
+    common(v)
+
+    m = csub.add_parser("mmc4", help="MMC4-style JSONL + local images -> interleaved pages")
+    m.add_argument("jsonl", help="one document per line: text_list, image_info[image_name, matched_text_index]")
+    m.add_argument("images", help="folder holding the documents' image_name files")
+    m.add_argument("out", help="output folder")
+    common(m)
+
+    i = sub.add_parser("inspect", help="count the samples of shards by kind and the skipped ones by reason")
+    i.add_argument("shards", nargs="+", help="shard files, folders or globs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "synth":
+            cfg = WorldConfig(seed=args.seed, image_size=args.image_size, image_format=args.image_format,
+                              shard_size=args.shard_size, n_pairs=args.pairs, n_interleaved=args.interleaved,
+                              n_video=args.video, n_eval=args.eval, n_episodes=args.episodes, n_way=args.n_way,
+                              k_shot=args.k_shot, frames=args.frames, workers=args.workers,
+                              splits=tuple(args.splits))
+            meta = generate_world(args.out, cfg, progress=not args.quiet)
+            print(f"wrote the synthetic world to {args.out} in {meta['seconds']:.1f} s")
+            return 0
+        if args.command == "inspect":
+            return _inspect(args.shards)
+        kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet}
+        if args.source == "folder":
+            report = conv.convert_folder(args.images, args.captions, args.out, prefix=args.prefix,
+                                         image_column=args.image_column, caption_column=args.caption_column, **kw)
+        elif args.source == "coco":
+            report = conv.convert_coco(args.captions_json, args.images, args.out, records=args.records, **kw)
+        elif args.source == "vqav2":
+            report = conv.convert_vqav2(args.questions_json, args.images, args.out,
+                                        annotations_json=args.annotations, **kw)
+        else:
+            report = conv.convert_mmc4(args.jsonl, args.images, args.out, **kw)
+        print(report.summary())
+        return 0
+    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _inspect(specs: list[str]) -> int:
+    from frozenvl.data.bad import BadSample, SkipCounter
+    from frozenvl.data.formats import decode_sample
+    from frozenvl.data.shards import expand_shards, read_shard
+
+    skips, kinds = SkipCounter(), Counter()
+    shards = expand_shards(specs)
+    for path in shards:
+        for raw in read_shard(path, skips):
+            try:
+                kinds[decode_sample(raw)["kind"]] += 1
+            except BadSample as e:
+                skips.add(e.reason, e.detail)
+    print(json.dumps({"shards": len(shards), "samples": dict(kinds), "skipped": skips.as_dict()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

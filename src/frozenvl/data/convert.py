@@ -1,0 +1,320 @@
+"""Converters from common source layouts to frozenvl shards.
+
+- `convert_folder`: a folder of images + a CSV or JSONL file of captions -> image-text pairs.
+- `convert_coco`: COCO captions JSON + image folder -> pairs, or captioning / retrieval evaluation records.
+- `convert_vqav2`: VQAv2 questions (+ annotations) JSON + image folder -> VQA records.
+- `convert_mmc4`: MMC4-style JSONL (text_list + image_info) + local images -> interleaved pages.
+
+Each writes shards of `shard_size` samples, shows a progress bar, and returns a `ConvertReport` with what was
+written and what was skipped, by reason. Source images are stored as they are (verified to decode) unless
+`max_size` asks for a downscale.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from frozenvl.data.bad import BadSample, SkipCounter
+from frozenvl.data.formats import (
+    RawSample,
+    caption_record,
+    interleaved_sample,
+    pair_sample,
+    retrieval_record,
+    vqa_record,
+)
+from frozenvl.data.shards import ShardWriter
+
+IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_path")
+CAPTION_COLUMNS = ("caption", "text", "title")
+
+
+@dataclass
+class ConvertReport:
+    written: int = 0
+    shards: list[str] = field(default_factory=list)
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+
+    def summary(self) -> str:
+        head = f"wrote {self.written} samples in {len(self.shards)} shards; skipped {self.skipped.total}"
+        return head if not self.skipped.total else head + ":\n" + self.skipped.report()
+
+
+def safe_key(text: str) -> str:
+    """A webdataset key: letters, digits, '_' and '-' only (a '.' would split the key)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
+
+
+def load_image_bytes(path: Path, max_size: int | None = None) -> bytes:
+    """The image file's bytes, verified to decode; downscaled (longest side <= max_size) when asked."""
+    if not path.is_file():
+        raise BadSample("missing_image", str(path))
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if max_size is None or max(img.size) <= max_size:
+                return data
+            fmt = "JPEG" if img.format == "JPEG" else "PNG"
+            img = img.convert("RGB")
+            img.thumbnail((max_size, max_size), Image.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            return buf.getvalue()
+    except Exception as e:
+        raise BadSample("corrupt_image", f"{path}: {type(e).__name__}: {e}") from None
+
+
+def _write(samples: Iterable[RawSample | BadSample], out_dir: str | Path, prefix: str, shard_size: int,
+           total: int | None, progress: bool, report: ConvertReport | None = None) -> ConvertReport:
+    report = report or ConvertReport()
+    with ShardWriter(out_dir, prefix, max_samples=shard_size) as w:
+        for s in tqdm(samples, total=total, desc=f"convert {prefix}", disable=not progress):
+            if isinstance(s, BadSample):
+                report.skipped.add(s.reason, s.detail)
+            else:
+                w.write(s)
+                report.written += 1
+    report.shards = [str(p) for p in w.shards]
+    return report
+
+
+def _guard(make: Any) -> RawSample | BadSample:
+    try:
+        return make()
+    except BadSample as e:
+        return e
+
+
+def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any:
+    if given is not None:
+        return row.get(given)
+    return next((row[n] for n in names if row.get(n) not in (None, "")), None)
+
+
+def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV (with a header) or JSONL caption file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    rows.append({"__bad__": f"{path}:{n} is not valid JSON"})
+        return rows
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | Path, *, shard_size: int = 1000,
+                   prefix: str = "pairs", image_column: str | None = None, caption_column: str | None = None,
+                   max_size: int | None = None, progress: bool = True) -> ConvertReport:
+    """Pairs from a folder of images and a CSV/JSONL of rows {image, caption[, long_caption, key, language]}."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    rows = read_caption_rows(captions)
+    seen: set[str] = set()
+
+    def one(i: int, row: dict[str, Any]) -> RawSample:
+        if not isinstance(row, dict) or "__bad__" in row:
+            raise BadSample("bad_json", str(row.get("__bad__", row)) if isinstance(row, dict) else str(row))
+        name, caption = _pick(row, IMAGE_COLUMNS, image_column), _pick(row, CAPTION_COLUMNS, caption_column)
+        if not name:
+            raise BadSample("missing_field", f"row {i}: no image column")
+        if not isinstance(caption, str):
+            raise BadSample("missing_field" if caption is None else "bad_field", f"row {i}: caption {caption!r}")
+        if not caption.strip():
+            raise BadSample("empty_text", f"row {i}")
+        key = safe_key(str(row.get("key") or f"{Path(str(name)).stem}_{i}"))
+        if key in seen:
+            key = safe_key(f"{key}_{i}")
+        seen.add(key)
+        long_caption = row.get("long_caption") or None
+        return pair_sample(key, load_image_bytes(image_dir / str(name), max_size), caption.strip(),
+                           long_caption=long_caption, language=row.get("language") or None)
+
+    samples = (_guard(lambda i=i, row=row: one(i, row)) for i, row in enumerate(rows))
+    return _write(samples, out_dir, prefix, shard_size, len(rows), progress)
+
+
+def _load_json(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str | Path, *,
+                 records: str = "pairs", shard_size: int = 1000, prefix: str | None = None,
+                 max_size: int | None = None, progress: bool = True) -> ConvertReport:
+    """COCO captions: records='pairs' (one pair per caption), 'caption' or 'retrieval' (one record per image)."""
+    if records not in ("pairs", "caption", "retrieval"):
+        raise ValueError(f"records must be 'pairs', 'caption' or 'retrieval', got {records!r}")
+    coco = _load_json(captions_json, "COCO captions file")
+    if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
+        raise ValueError(f"{captions_json} is not a COCO captions file (needs 'images' and 'annotations')")
+    image_dir = Path(image_dir)
+    files = {img["id"]: img.get("file_name") for img in coco["images"] if isinstance(img, dict) and "id" in img}
+    by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for ann in coco["annotations"]:
+        if isinstance(ann, dict):
+            by_image[ann.get("image_id")].append(ann)
+    report = ConvertReport()
+
+    def image(image_id: Any) -> bytes:
+        if image_id not in files or not files[image_id]:
+            raise BadSample("missing_field", f"image {image_id} is not in 'images'")
+        return load_image_bytes(image_dir / files[image_id], max_size)
+
+    def per_image(image_id: Any) -> RawSample:
+        caps = [a["caption"].strip() for a in by_image[image_id]
+                if isinstance(a.get("caption"), str) and a["caption"].strip()]
+        if not caps:
+            raise BadSample("empty_text", f"image {image_id}: no caption")
+        key = safe_key(f"coco{image_id}")
+        extra = {"image_id": image_id}
+        if records == "caption":
+            return caption_record(key, image(image_id), caps, extra=extra)
+        return retrieval_record(key, image(image_id), caps, extra=extra)
+
+    def pairs() -> Iterator[RawSample | BadSample]:
+        for image_id, anns in by_image.items():
+            try:
+                data = image(image_id)  # read once for all captions of the image
+            except BadSample as e:
+                yield from (e for _ in anns)
+                continue
+            for a in anns:
+                cap = a.get("caption")
+                if not isinstance(cap, str) or not cap.strip():
+                    yield BadSample("empty_text" if isinstance(cap, str) else "missing_field", f"ann {a.get('id')}")
+                    continue
+                yield pair_sample(safe_key(f"coco{image_id}_{a.get('id')}"), data, cap.strip(),
+                                  extra={"image_id": image_id})
+
+    if records == "pairs":
+        samples: Iterable[RawSample | BadSample] = pairs()
+        total = sum(len(v) for v in by_image.values())
+    else:
+        samples = (_guard(lambda i=i: per_image(i)) for i in by_image)
+        total = len(by_image)
+    return _write(samples, out_dir, prefix or f"coco-{records}", shard_size, total, progress, report)
+
+
+def _index_images_by_id(image_dir: Path) -> dict[int, Path]:
+    """COCO-style names (COCO_val2014_000000000042.jpg, 42.png): the last group of digits is the image id."""
+    out = {}
+    for p in sorted(image_dir.iterdir()):
+        m = re.findall(r"\d+", p.stem)
+        if p.is_file() and m:
+            out.setdefault(int(m[-1]), p)
+    return out
+
+
+def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: str | Path, *,
+                  annotations_json: str | Path | None = None, shard_size: int = 1000, prefix: str = "vqav2",
+                  max_size: int | None = None, progress: bool = True) -> ConvertReport:
+    """VQAv2: one record per question; answers from the annotations file (none for test splits)."""
+    qs = _load_json(questions_json, "VQAv2 questions file")
+    if not isinstance(qs, dict) or not isinstance(qs.get("questions"), list):
+        raise ValueError(f"{questions_json} is not a VQAv2 questions file (needs a 'questions' list)")
+    answers: dict[Any, list[str]] = {}
+    if annotations_json is not None:
+        anns = _load_json(annotations_json, "VQAv2 annotations file")
+        if not isinstance(anns, dict) or not isinstance(anns.get("annotations"), list):
+            raise ValueError(f"{annotations_json} is not a VQAv2 annotations file (needs 'annotations')")
+        for a in anns["annotations"]:
+            if isinstance(a, dict) and isinstance(a.get("answers"), list):
+                answers[a.get("question_id")] = [x.get("answer") for x in a["answers"] if isinstance(x, dict)]
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    images = _index_images_by_id(image_dir)
+
+    def one(q: Any) -> RawSample:
+        if not isinstance(q, dict) or "question_id" not in q or "image_id" not in q:
+            raise BadSample("missing_field", f"question {q!r}")
+        question = q.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise BadSample("empty_text", f"question {q.get('question_id')}")
+        path = images.get(q["image_id"]) if isinstance(q["image_id"], int) else None
+        if path is None:
+            raise BadSample("missing_image", f"image {q['image_id']} of question {q['question_id']}")
+        ans = answers.get(q["question_id"], []) if annotations_json is not None else []
+        if annotations_json is not None and not [a for a in ans if isinstance(a, str) and a.strip()]:
+            raise BadSample("missing_field", f"question {q['question_id']}: no answers")
+        ans = [a.strip() for a in ans if isinstance(a, str) and a.strip()] or ["<unknown>"]
+        return vqa_record(safe_key(f"vqa{q['question_id']}"), load_image_bytes(path, max_size), question.strip(),
+                          ans, question_id=q["question_id"], extra={"image_id": q["image_id"],
+                                                                    "has_answers": annotations_json is not None})
+
+    samples = (_guard(lambda q=q: one(q)) for q in qs["questions"])
+    return _write(samples, out_dir, prefix, shard_size, len(qs["questions"]), progress)
+
+
+def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, *, shard_size: int = 1000,
+                 prefix: str = "mmc4", max_size: int | None = None, progress: bool = True) -> ConvertReport:
+    """MMC4 documents (one JSON per line: text_list, image_info[{image_name, matched_text_index, matched_sim}])
+    -> interleaved pages; each image is placed before the sentence it is matched to, as in MMC4's usage."""
+    path = Path(jsonl)
+    if not path.is_file():
+        raise FileNotFoundError(f"MMC4 jsonl not found: {path}")
+    image_dir = Path(image_dir)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    report = ConvertReport()
+
+    def one(n: int, line: str) -> RawSample:
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadSample("bad_json", f"{path}:{n}: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("text_list"), list):
+            raise BadSample("missing_field", f"{path}:{n}: no text_list")
+        text_list = doc["text_list"]
+        placed: dict[int, list[tuple[bytes, float | None]]] = defaultdict(list)
+        for info in doc.get("image_info") or []:
+            idx = info.get("matched_text_index") if isinstance(info, dict) else None
+            if not isinstance(idx, int) or not 0 <= idx < len(text_list) or not info.get("image_name"):
+                report.skipped.add("bad_field", f"{path}:{n}: image_info {info!r}")
+                continue
+            try:
+                data = load_image_bytes(image_dir / str(info["image_name"]), max_size)
+            except BadSample as e:  # one missing image does not lose the page
+                report.skipped.add(e.reason, e.detail)
+                continue
+            sim = info.get("matched_sim")
+            placed[idx].append((data, float(sim) if isinstance(sim, int | float) else None))
+        if not placed:
+            raise BadSample("no_images", f"{path}:{n}")
+        texts: list[str | None] = []
+        images: list[bytes | None] = []
+        sims: list[float | None] = []
+        for i, sentence in enumerate(text_list):
+            for data, sim in placed.get(i, []):
+                texts.append(None), images.append(data), sims.append(sim)
+            if isinstance(sentence, str) and sentence.strip():
+                texts.append(sentence.strip()), images.append(None), sims.append(None)
+        extra = {k: doc[k] for k in ("url",) if isinstance(doc.get(k), str)}
+        return interleaved_sample(safe_key(f"{prefix}{n:08d}"), texts, images, similarities=sims, extra=extra)
+
+    samples = (_guard(lambda n=n, line=line: one(n, line)) for n, line in enumerate(lines) if line.strip())
+    return _write(samples, out_dir, prefix, shard_size, len(lines), progress, report)

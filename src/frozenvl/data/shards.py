@@ -1,0 +1,188 @@
+"""Webdataset tar shards: an atomic writer and a reader that survives broken shards.
+
+Writer: samples go to `{prefix}-{index:06d}.tar`; each shard is written to a temporary file and renamed into
+place
+when complete, so a killed job never leaves a half-written shard under a final name. Member mtimes are
+fixed, so
+the same samples give byte-identical shards (deterministic synthetic data).
+
+Reader: groups consecutive members by key (the webdataset convention: `dir/name.ext.ext2` has key `dir/name`
+and
+extension `ext.ext2`) and yields `{"__key__": ..., ext: bytes, ...}`. Missing, unreadable and truncated
+shards are
+counted, never raised.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from frozenvl.data.bad import SkipCounter
+
+
+class ShardWriter:
+    """Write samples (dicts of extension -> bytes, plus `__key__`) into size-limited tar shards.
+
+    with ShardWriter(out_dir, "pairs", max_samples=1000) as w:
+        w.write(pair_sample("k0", image, "a red circle"))
+    w.shards  # the paths written, in order
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str = "shard", max_samples: int = 1000,
+                 max_bytes: int | None = None):
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.shards: list[Path] = []
+        self.samples_written = 0
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._count = 0
+        self._bytes = 0
+        self._keys: set[str] = set()
+
+    def write(self, sample: dict[str, bytes | str]) -> None:
+        key = sample.get("__key__")
+        if not isinstance(key, str) or not key or "." in key:
+            raise ValueError(f"sample needs a '__key__' without dots, got {key!r}")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in shard {self.prefix}")
+        size = sum(len(v) for k, v in sample.items() if k != "__key__")
+        too_big = bool(self.max_bytes) and self._bytes + size > self.max_bytes and self._count > 0
+        if self._tar is not None and (self._count >= self.max_samples or too_big):
+            self._finish()
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for ext in sorted(k for k in sample if k != "__key__"):
+            data = sample[ext]
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self._keys.add(key)
+        self._count += 1
+        self._bytes += size
+        self.samples_written += 1
+
+    def _open(self) -> None:
+        final = self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._tmp = final.with_name(final.name + ".tmp")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._count, self._bytes, self._keys = 0, 0, set()
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._tmp is not None
+        self._tar.close()
+        final = self._tmp.with_name(self._tmp.name[: -len(".tmp")])
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, final)  # atomic: readers see a complete shard or none
+        self.shards.append(final)
+        self._tar, self._tmp = None, None
+
+    def close(self) -> list[Path]:
+        if self._tar is not None:
+            self._finish()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file is removed); finished shards stay."""
+        if self._tar is not None:
+            self._tar.close()
+            assert self._tmp is not None
+            self._tmp.unlink(missing_ok=True)
+            self._tar, self._tmp = None, None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
+    """Shard list from a directory, a glob, a brace range `data-{000000..000009}.tar`, or a list of those."""
+    if isinstance(spec, str | Path):
+        spec = str(spec)
+        if os.path.isdir(spec):
+            return sorted(glob.glob(os.path.join(spec, "*.tar")))
+        if "{" in spec and ".." in spec:
+            head, rest = spec.split("{", 1)
+            rng, tail = rest.split("}", 1)
+            lo, hi = rng.split("..")
+            width = len(lo)
+            names = [f"{head}{i:0{width}d}{tail}" for i in range(int(lo), int(hi) + 1)]
+            return [p for name in names for p in expand_shards(name)]
+        if any(c in spec for c in "*?["):
+            return sorted(glob.glob(spec))
+        return [spec]
+    return [p for s in spec for p in expand_shards(s)]
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """`dir/key.ext.more` -> ("dir/key", "ext.more"); None for names without an extension."""
+    dirname, base = os.path.split(name)
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)
+    return (os.path.join(dirname, stem) if dirname else stem), ext
+
+
+def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[dict[str, bytes | str]]:
+    """Yield raw samples of one shard in order; bad shards and members are counted, never raised."""
+    skips = skips if skips is not None else SkipCounter()
+    if not os.path.exists(path):
+        skips.add("missing_shard", str(path))
+        return
+    current: dict[str, bytes | str] | None = None
+    n_members = 0
+    try:
+        with tarfile.open(path, "r|*") as tar:  # streaming mode: no seek, constant memory
+            for info in tar:
+                if not info.isfile():
+                    continue
+                parts = split_member_name(info.name)
+                if parts is None:
+                    skips.add("bad_member", f"{path}: {info.name}")
+                    continue
+                key, ext = parts
+                f = tar.extractfile(info)
+                data = f.read() if f is not None else b""
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"member {info.name} is cut short")
+                n_members += 1
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__shard__": str(path)}
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as e:
+        # The sample being assembled when the cut came is incomplete: it is dropped, the ones before were
+        # kept.
+        reason = "truncated_shard" if n_members else "unreadable_shard"
+        skips.add(reason, f"{path}: {type(e).__name__}: {e}")
+        return
+    if current is not None:
+        yield current
+
+
+def count_samples(paths: Iterable[str | Path]) -> int:
+    """Number of samples in shards (reads member headers only)."""
+    return sum(1 for p in paths for _ in read_shard(p))
