@@ -1,0 +1,179 @@
+"""The FLAME image side: a ViT trained from scratch, a per-token MLP head into the LLM's hidden size, mean over
+patch tokens, L2 norm. The text side has no trainable part: its embeddings come from the offline store.
+
+``FlameModel.forward(images, text_embeddings)`` returns a dict with the loss, ready for a generic trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frozenvl.backbones.cache import atomic_path
+from frozenvl.flame.loss import build_loss
+
+
+@dataclass
+class VisionTransformerConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class FlameConfig:
+    vision: VisionTransformerConfig = field(default_factory=VisionTransformerConfig)
+    text_dim: int = 576  # hidden size of the frozen LLM (SmolLM2-135M: 576)
+    head_hidden: int = 4096  # hidden width of the per-token MLP head (official: max(text_dim, 4096))
+    loss: str = "sigmoid"  # "sigmoid" (official) or "infonce"
+    sampled_facets: int = 6  # S positives drawn per image per training step (official: 6 of 11)
+    text: dict = field(default_factory=dict)  # the text encoder's description (LLM, layer, prompt-set hash)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FlameConfig:
+        data = dict(data)
+        vision = VisionTransformerConfig(**data.pop("vision", {}))
+        return cls(vision=vision, **data)
+
+
+PRESETS = {
+    "tiny": lambda text_dim: FlameConfig(VisionTransformerConfig(32, 8, 32, 2, 2), text_dim, head_hidden=64),
+    "small/16": lambda text_dim: FlameConfig(VisionTransformerConfig(224, 16, 384, 12, 6), text_dim,
+                                             head_hidden=max(text_dim, 2048)),
+    "B/16": lambda text_dim: FlameConfig(VisionTransformerConfig(224, 16, 768, 12, 12), text_dim,
+                                         head_hidden=max(text_dim, 4096)),
+}
+
+
+def flame_config(preset: str, text_dim: int = 576, **overrides) -> FlameConfig:
+    """A named preset (``tiny`` for tests, ``B/16`` for real runs) with optional field overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown FLAME preset {preset!r}; known: {', '.join(PRESETS)}")
+    config = PRESETS[preset](text_dim)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"FlameConfig has no field {key!r}")
+        setattr(config, key, value)
+    return config
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, W)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """Images (B, 3, H, W) -> patch tokens (B, N, W); no class token (FLAME pools by the mean)."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        if config.image_size % config.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        self.config = config
+        self.patch_embed = nn.Conv2d(3, config.width, config.patch_size, stride=config.patch_size)
+        num_patches = (config.image_size // config.patch_size) ** 2
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches, config.width) * 0.02)
+        self.norm_pre = nn.LayerNorm(config.width)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
+        x = self.norm_pre(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # (B, N, W)
+
+
+class PatchHead(nn.Module):
+    """Per-token MLP into the LLM's hidden size (Linear, GELU, Linear, LayerNorm), as in FLAME's projector."""
+
+    def __init__(self, width: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, W) -> (B, N, D)
+        return self.net(tokens)
+
+
+def sample_facets(text_embeddings: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``num`` of the K facets of every row, without replacement, independently per row: (B, K, D) -> (B, S, D)."""
+    b, k, _ = text_embeddings.shape
+    if num >= k:
+        return text_embeddings
+    order = torch.rand(b, k, generator=generator, device=text_embeddings.device).argsort(dim=1)[:, :num]  # (B, S)
+    return torch.gather(text_embeddings, 1, order[:, :, None].expand(-1, -1, text_embeddings.shape[2]))
+
+
+class FlameModel(nn.Module):
+    def __init__(self, config: FlameConfig):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision)
+        self.head = PatchHead(config.vision.width, config.head_hidden, config.text_dim)
+        self.loss = build_loss(config.loss)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) L2-normalised image embeddings."""
+        tokens = self.head(self.visual(images))  # (B, N, D)
+        return F.normalize(tokens.mean(dim=1), dim=-1)
+
+    def forward(self, images: torch.Tensor, text_embeddings: torch.Tensor,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W), text_embeddings (B, K, D) from the store -> dict(loss, features, ...).
+
+        In training mode S = ``config.sampled_facets`` facets are drawn per image; in eval mode all K are used.
+        """
+        if text_embeddings.ndim != 3 or text_embeddings.shape[2] != self.config.text_dim:
+            raise ValueError(f"text_embeddings must be (B, K, {self.config.text_dim}), got "
+                             f"{tuple(text_embeddings.shape)}")
+        image_features = self.encode_image(images)  # (B, D)
+        text = text_embeddings.to(image_features.dtype)
+        if self.training:
+            text = sample_facets(text, self.config.sampled_facets, generator)
+        text_features = F.normalize(text, dim=-1)  # (B, S, D)
+        out = self.loss(image_features, text_features)
+        return {**out, "image_features": image_features, "text_features": text_features}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> FlameModel:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{folder} is not a FLAME checkpoint (needs config.json and model.safetensors)")
+        model = cls(FlameConfig.from_dict(json.loads((folder / "config.json").read_text())))
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return model
