@@ -221,3 +221,12 @@ def test_recall_at_k_identity_is_perfect():
     sim = np.eye(5) + 0.01 * np.arange(5)
     out = recall_at_k(sim, list(range(5)), ks=(1,))
     assert out == {"i2t_R@1": 100.0, "t2i_R@1": 100.0}
+
+
+@needs_java
+def test_cider_fallback_equals_java_on_caption_corpus():
+    refs = {i: [c, c.upper(), f"{c}, again!"] for i, c in enumerate(CAPTIONS) if c}
+    preds = {i: f"{c.split(' ')[0]} ({i}) isn't it?" for i in refs for c in [CAPTIONS[i]]}
+    java, fallback = cider(preds, refs, tokenizer="ptb-java"), cider(preds, refs, tokenizer="python-fallback")
+    assert java["tokenizer"] == "ptb-java" and fallback["tokenizer"] == "python-fallback"
+    assert fallback["CIDEr"] == pytest.approx(java["CIDEr"], rel=1e-9)

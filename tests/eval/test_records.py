@@ -179,3 +179,11 @@ def test_video_captions_and_qa(tmp_path):
     assert [(r.key, r.question, r.answers) for r in qa_records] == [("0", "what moves?", ["sphere"]),
                                                                      ("1", "which way?", ["left"])]
     assert len(qa_records[1].frames) == 2 and qa_records[1].meta["video_id"] == "vid1"
+
+
+def test_video_captions_mapping_format(tmp_path):
+    _frames(tmp_path / "frames", "v1", 2)
+    caps = _write(tmp_path / "caps.json", {"v1": ["a cube moves", "a cube slides"], "v2": "no frames folder"})
+    with pytest.warns(UserWarning, match="skipped 1"):
+        (record,) = read_video_captions(tmp_path / "frames", caps)
+    assert record.key == "v1" and record.captions == ["a cube moves", "a cube slides"]
