@@ -173,6 +173,10 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                 if current is None:
                     current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
+            end = tar.offset
+        if n_members and not _has_end_marker(path, end):
+            # Cut at a member boundary: tarfile sees a clean end. The last sample may be incomplete: drop it.
+            raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as e:
         # The sample being assembled when the cut came is incomplete: it is dropped, the ones before were
         # kept.
@@ -181,6 +185,15 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
         return
     if current is not None:
         yield current
+
+
+def _has_end_marker(path: str | Path, offset: int) -> bool:
+    """True when an uncompressed tar has its two zero blocks right after the last member."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return True  # compressed: gzip's own checks catch truncation
+        f.seek(offset)
+        return f.read(1024) == bytes(1024)
 
 
 def count_samples(paths: Iterable[str | Path]) -> int:
