@@ -1,0 +1,159 @@
+"""``frozenvl flame embed`` and ``frozenvl flame eval``: thin argument parsing over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _add_text_args(p: argparse.ArgumentParser, prompts_default: str | None) -> None:
+    p.add_argument("--lm", default=None,
+                   help="frozen causal LM: 'embedded:smollm2-135m' (default), a local folder or a Hub id")
+    p.add_argument("--prompts", default=prompts_default,
+                   help="prompt set: raw, short, long (official) or a YAML file with 'prefix' and 'prompts'")
+    p.add_argument("--layer", type=int, default=None,
+                   help="hidden_states index to read (default: number of layers - 1, the penultimate block's "
+                        "output, before the final norm)")
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="token budget of prefix + all prompts; only the caption is truncated (default 1024)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="LM dtype (default float32)")
+    p.add_argument("--batch-size", type=int, default=32, help="captions per LM pass (default 32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frozenvl flame",
+        description="FLAME: multifaceted caption embeddings from a frozen LLM, and evaluation of image towers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    embed = sub.add_parser(
+        "embed", help="embed captions once into a resumable offline store",
+        description="Embed captions into a sharded fp16 store (one row of K facet embeddings per key). "
+                    "Rerunning after an interruption resumes; a store made with another LM, layer or prompt "
+                    "set is refused.")
+    embed.add_argument("--input", nargs="+", required=True,
+                       help="JSONL files of {\"key\", \"caption\"} or webdataset .tar shards (caption in .txt or "
+                            "in .json as \"caption\")")
+    embed.add_argument("--out", required=True, help="store folder (created, or extended if compatible)")
+    _add_text_args(embed, "long")
+    embed.add_argument("--mode", choices=("fda", "prefix_cache", "naive"), default="fda",
+                       help="fda: one pass with the facet-decoupled mask (default); prefix_cache: shared prefix "
+                            "KV cache; naive: one pass per prompt")
+    embed.add_argument("--shard-size", type=int, default=4096, help="captions per shard (default 4096)")
+    embed.add_argument("--official-compat", action="store_true",
+                       help="reproduce the official FLAME code (padding leaks into the mask, positions do not "
+                            "restart); embeddings then depend on batch padding")
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser(
+        "eval", help="zero-shot classification or retrieval with a trained FLAME image tower",
+        description="Evaluate a FLAME checkpoint (folder with config.json + model.safetensors). The text "
+                    "encoder defaults to the one recorded in the checkpoint. Results are printed and written "
+                    "as JSON.")
+    ev.add_argument("--checkpoint", required=True, help="FLAME checkpoint folder")
+    ev.add_argument("--task", choices=("retrieval", "zero-shot"), required=True)
+    ev.add_argument("--format", choices=("karpathy", "urban1k", "sharegpt4v", "imagefolder"), required=True,
+                    help="karpathy: COCO/Flickr JSON; urban1k: image/ + caption/ folders; sharegpt4v: long-caption "
+                         "JSON; imagefolder: root/CLASS/images (zero-shot)")
+    ev.add_argument("--data", required=True, help="annotation file or dataset folder")
+    ev.add_argument("--image-root", default="", help="folder the image paths of the annotations are relative to")
+    ev.add_argument("--split", default="test", help="Karpathy split (default test)")
+    ev.add_argument("--limit", type=int, default=1000, help="ShareGPT4V entries to use (default 1000)")
+    ev.add_argument("--aggregate", choices=("mean_embedding", "mean_similarity"), default="mean_embedding",
+                    help="facet aggregation: mean of facet embeddings (official) or mean of per-facet similarities")
+    ev.add_argument("--templates", default=None,
+                    help="zero-shot: a text file with one class template per line, '{}' for the class name")
+    ev.add_argument("--out", default=None, help="write the results JSON here")
+    _add_text_args(ev, None)
+    return parser
+
+
+def _encoder(args, text_meta: dict | None = None, prompts: str = "long"):
+    from frozenvl.flame.text_encoder import DEFAULT_LM, FacetTextEncoder
+
+    text_meta = text_meta or {}
+    lm = args.lm or text_meta.get("lm") or DEFAULT_LM
+    if lm == "<instance>":
+        lm = DEFAULT_LM
+    layer = args.layer if args.layer is not None else text_meta.get("layer")
+    kwargs = {"layer": layer, "max_length": args.max_length}
+    if getattr(args, "mode", None):
+        kwargs.update(mode=args.mode, official_compat=args.official_compat)
+    return FacetTextEncoder.from_source(lm, prompts, dtype=DTYPES[args.dtype], **kwargs)
+
+
+def _run_embed(args) -> dict:
+    from frozenvl.flame.caption_sources import iter_captions
+    from frozenvl.flame.store import embed_to_store
+
+    for path in args.input:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"caption input {path} does not exist")
+    encoder = _encoder(args, prompts=args.prompts)
+    report = embed_to_store(iter_captions(args.input), encoder, args.out, batch_size=args.batch_size,
+                            shard_size=args.shard_size, progress=not args.no_progress)
+    return {"store": str(args.out), **report.to_dict(), **encoder.describe()}
+
+
+def _run_eval(args) -> dict:
+    from frozenvl.flame import evaluate as ev
+    from frozenvl.flame.model import FlameModel
+    from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
+
+    model = FlameModel.from_pretrained(args.checkpoint).eval()
+    text_meta = model.config.text
+    if args.task == "zero-shot":
+        prompts = args.prompts or "raw"  # class-name templates are wrapped in the raw prompt
+    else:
+        recorded = text_meta.get("prompt_set")
+        prompts = args.prompts or (recorded if recorded in OFFICIAL_PROMPT_SETS else "long")
+    encoder = _encoder(args, text_meta, prompts)
+    if encoder.hidden_size != model.config.text_dim:
+        raise ValueError(f"the LM's hidden size {encoder.hidden_size} does not match the checkpoint's text_dim "
+                         f"{model.config.text_dim}: pass the --lm the model was trained with")
+    if args.task == "zero-shot":
+        if args.format != "imagefolder":
+            raise ValueError("zero-shot classification reads --format imagefolder")
+        templates = ev.DEFAULT_CLASS_TEMPLATES
+        if args.templates:
+            templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
+        results = ev.evaluate_zero_shot(model, encoder, ev.load_image_folder(args.data), templates, args.aggregate,
+                                        args.batch_size)
+    else:
+        if args.format == "imagefolder":
+            raise ValueError("retrieval reads --format karpathy, urban1k or sharegpt4v")
+        if args.format == "urban1k":
+            dataset = ev.load_urban1k(args.data)
+        elif args.format == "sharegpt4v":
+            dataset = ev.load_sharegpt4v(args.data, args.image_root, args.limit)
+        else:
+            dataset = ev.load_karpathy(args.data, args.image_root, args.split)
+        results = ev.evaluate_retrieval(model, encoder, dataset, args.aggregate, args.batch_size)
+    return {**results, "checkpoint": str(args.checkpoint), "format": args.format, "text": encoder.describe()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from frozenvl.flame.store import StoreMismatchError
+
+    try:
+        result = _run_embed(args) if args.command == "embed" else _run_eval(args)
+    except (StoreMismatchError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    if getattr(args, "out", None) and args.command == "eval":
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""FLAME evaluation: retrieval Recall@K in both directions, zero-shot classification, dataset loaders.
+
+Loaders (each returns a :class:`RetrievalSet` or :class:`ClassificationSet` of image paths):
+
+- ``karpathy``: COCO / Flickr30k retrieval JSON, either the Karpathy split file
+  ``{"images": [{"filepath", "filename", "split", "sentences": [{"raw"}]}]}`` or the list form
+  ``[{"image": path, "caption": [str, ...]}]``;
+- ``urban1k``: Urban-1k folder layout ``image/NAME.jpg`` + ``caption/NAME.txt`` (one long caption per image);
+- ``sharegpt4v``: ShareGPT4V-style JSON ``[{"image": path, "conversations": [..., {"from": "gpt", "value"}]}]``,
+  the first ``limit`` entries (S4V-eval uses 1000);
+- ``imagefolder``: ``root/CLASS/*.jpg`` for classification (class names from the folder names, ``_`` -> space).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from frozenvl.flame.inference import (
+    DEFAULT_CLASS_TEMPLATES,
+    encode_image,
+    encode_text,
+    image_transform,
+    similarity,
+    zero_shot_classifier,
+)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class RetrievalSet:
+    images: list[str]  # image paths
+    captions: list[str]
+    text_to_image: list[int]  # image index of every caption
+
+
+@dataclass
+class ClassificationSet:
+    images: list[str]
+    labels: list[int]
+    classnames: list[str]
+
+
+def retrieval_metrics(sim: torch.Tensor, text_to_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@K (in %) from an (I, T) image-text similarity matrix.
+
+    image->text: a hit if any caption of the image is among its top K texts; text->image: a hit if the
+    caption's image is among its top K images.
+    """
+    n_img, n_txt = sim.shape
+    owner = torch.as_tensor(list(text_to_image), dtype=torch.long)  # (T,)
+    if owner.shape[0] != n_txt:
+        raise ValueError(f"text_to_image has {owner.shape[0]} entries for {n_txt} texts")
+    out = {}
+    i2t_rank = sim.argsort(dim=1, descending=True)  # (I, T)
+    t2i_rank = sim.T.argsort(dim=1, descending=True)  # (T, I)
+    for k in ks:
+        top_owner = owner[i2t_rank[:, :min(k, n_txt)]]  # (I, k)
+        i2t = (top_owner == torch.arange(n_img)[:, None]).any(dim=1).float().mean().item()
+        t2i = (t2i_rank[:, :min(k, n_img)] == owner[:, None]).any(dim=1).float().mean().item()
+        out[f"image_to_text_R@{k}"] = 100 * i2t
+        out[f"text_to_image_R@{k}"] = 100 * t2i
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, labels: Sequence[int], ks: Sequence[int] = (1, 5)) -> dict:
+    """Top-K accuracy (in %) from (N, C) scores."""
+    labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+    top = logits.argsort(dim=1, descending=True)
+    return {f"top{k}": 100 * (top[:, :min(k, logits.shape[1])] == labels_t[:, None]).any(1).float().mean().item()
+            for k in ks}
+
+
+def _read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_karpathy(path: str | os.PathLike, image_root: str | os.PathLike = "", split: str = "test") -> RetrievalSet:
+    data, root = _read_json(path), Path(image_root)
+    images, captions, owner = [], [], []
+    if isinstance(data, dict) and "images" in data:
+        entries = [(str(Path(e.get("filepath", "")) / e["filename"]), [s["raw"] for s in e["sentences"]])
+                   for e in data["images"] if e.get("split", split) == split]
+    elif isinstance(data, list):
+        entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+    else:
+        raise ValueError(f"{path}: expected a Karpathy split file or a list of {{image, caption}}")
+    for image, caps in entries:
+        owner.extend([len(images)] * len(caps))
+        captions.extend(caps)
+        images.append(str(root / image))
+    return RetrievalSet(images, captions, owner)
+
+
+def load_urban1k(root: str | os.PathLike) -> RetrievalSet:
+    root = Path(root)
+    images = sorted(p for p in (root / "image").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise FileNotFoundError(f"{root}/image has no images (Urban-1k layout: image/ and caption/)")
+    captions = []
+    for image in images:
+        caption = root / "caption" / f"{image.stem}.txt"
+        if not caption.is_file():
+            raise FileNotFoundError(f"Urban-1k caption {caption} is missing")
+        captions.append(caption.read_text(encoding="utf-8").strip())
+    return RetrievalSet([str(p) for p in images], captions, list(range(len(images))))
+
+
+def load_sharegpt4v(path: str | os.PathLike, image_root: str | os.PathLike = "", limit: int = 1000) -> RetrievalSet:
+    data, root = _read_json(path), Path(image_root)
+    images, captions = [], []
+    for entry in data[:limit]:
+        answers = [t["value"] for t in entry.get("conversations", []) if t.get("from") == "gpt"]
+        if not answers:
+            raise ValueError(f"{path}: entry {entry.get('id', len(images))} has no 'gpt' caption")
+        images.append(str(root / entry["image"]))
+        captions.append(answers[0].strip())
+    return RetrievalSet(images, captions, list(range(len(images))))
+
+
+def load_image_folder(root: str | os.PathLike) -> ClassificationSet:
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{root} has no class folders (ImageFolder layout: root/CLASS/image)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(str(p))
+                labels.append(label)
+    return ClassificationSet(images, labels, [c.replace("_", " ") for c in classes])
+
+
+LOADERS = {"karpathy": load_karpathy, "urban1k": load_urban1k, "sharegpt4v": load_sharegpt4v}
+
+
+def load_images(paths: Sequence[str], image_size: int) -> torch.Tensor:
+    """(N, 3, S, S) tensor; an unreadable image is an error that names the file."""
+    from PIL import Image
+
+    transform = image_transform(image_size)
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                out.append(transform(im))
+        except OSError as e:
+            raise OSError(f"cannot read image {p}: {e}") from e
+    return torch.stack(out)
+
+
+def evaluate_retrieval(model, encoder, dataset: RetrievalSet, aggregate: str = "mean_embedding",
+                       batch_size: int = 32) -> dict:
+    images = load_images(dataset.images, model.config.vision.image_size)
+    image_features = encode_image(model, images, batch_size)
+    text_features = encode_text(encoder, dataset.captions, aggregate, batch_size)
+    metrics = retrieval_metrics(similarity(image_features, text_features), dataset.text_to_image)
+    return {"task": "retrieval", "aggregate": aggregate, "num_images": len(dataset.images),
+            "num_captions": len(dataset.captions), **metrics}
+
+
+def evaluate_zero_shot(model, encoder, dataset: ClassificationSet, templates: Sequence[str] = DEFAULT_CLASS_TEMPLATES,
+                       aggregate: str = "mean_embedding", batch_size: int = 32) -> dict:
+    images = load_images(dataset.images, model.config.vision.image_size)
+    image_features = encode_image(model, images, batch_size)
+    classifier = zero_shot_classifier(encoder, dataset.classnames, templates, aggregate, batch_size)
+    metrics = classification_metrics(similarity(image_features, classifier), dataset.labels)
+    return {"task": "zero_shot", "aggregate": aggregate, "num_images": len(dataset.images),
+            "num_classes": len(dataset.classnames), **metrics}

@@ -1,0 +1,97 @@
+"""FLAME inference: image and text embeddings, their similarity, and zero-shot class embeddings.
+
+Text aggregation over the K facets of a caption:
+
+- ``"mean_embedding"`` (official): mean of the L2-normalised facet embeddings, then L2-normalised -> (N, D);
+- ``"mean_similarity"``: keep the normalised facets (N, K, D); the similarity to an image is the mean over
+  facets of the per-facet cosine similarities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+AGGREGATIONS = ("mean_embedding", "mean_similarity")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+
+
+def image_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+    """PIL image -> (3, S, S) float tensor: resize the shorter side to S (bicubic), centre crop, normalise."""
+    from PIL import Image
+
+    mean_t = torch.tensor(mean)[:, None, None]
+    std_t = torch.tensor(std)[:, None, None]
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = image_size / min(w, h)
+        image = image.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+                             Image.Resampling.BICUBIC)
+        w, h = image.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        image = image.crop((left, top, left + image_size, top + image_size))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+        return (x - mean_t) / std_t
+
+    return transform
+
+
+@torch.no_grad()
+def encode_image(model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, D) L2-normalised image embeddings."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.encode_image(images[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.config.text_dim)
+
+
+def aggregate_facets(facets: torch.Tensor, aggregate: str = "mean_embedding") -> torch.Tensor:
+    """(N, K, D) raw facet embeddings -> (N, D) for ``mean_embedding`` or normalised (N, K, D) for
+    ``mean_similarity``."""
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    facets = F.normalize(facets.float(), dim=-1)
+    if aggregate == "mean_similarity":
+        return facets
+    return F.normalize(facets.mean(dim=1), dim=-1)
+
+
+@torch.no_grad()
+def encode_text(encoder, captions: Sequence[str], aggregate: str = "mean_embedding",
+                batch_size: int = 32) -> torch.Tensor:
+    """Captions -> (N, D) or (N, K, D) text embeddings (see the module docstring for ``aggregate``)."""
+    chunks = [encoder.encode(list(captions[i:i + batch_size])) for i in range(0, len(captions), batch_size)]
+    facets = torch.cat(chunks) if chunks else torch.zeros(0, encoder.num_facets, encoder.hidden_size)
+    return aggregate_facets(facets, aggregate)
+
+
+def similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """(M, D) images x (N, D) or (N, K, D) texts -> (M, N) cosine similarities (mean over facets if K)."""
+    if text_features.ndim == 2:
+        return image_features @ text_features.T
+    return torch.einsum("md,nkd->mnk", image_features, text_features).mean(dim=2)
+
+
+@torch.no_grad()
+def zero_shot_classifier(encoder, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_CLASS_TEMPLATES,
+                         aggregate: str = "mean_embedding", batch_size: int = 32) -> torch.Tensor:
+    """Class embeddings from class-name templates (each wrapped in the encoder's prompt set, normally ``raw``).
+
+    Facets of every template are normalised and averaged over templates: (C, D) for ``mean_embedding``
+    (also averaged over facets, then normalised), (C, K, D) for ``mean_similarity``.
+    """
+    if not classnames or not templates:
+        raise ValueError("zero-shot classification needs class names and at least one template")
+    captions = [t.format(c) for c in classnames for t in templates]
+    chunks = [encoder.encode(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
+    facets = F.normalize(torch.cat(chunks).float(), dim=-1)  # (C*T, K, D)
+    per_class = facets.reshape(len(classnames), len(templates), *facets.shape[1:]).mean(dim=1)  # (C, K, D)
+    return aggregate_facets(per_class, aggregate)
