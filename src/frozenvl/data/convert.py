@@ -100,7 +100,8 @@ def _guard(make: Any) -> RawSample | BadSample:
 def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any:
     if given is not None:
         return row.get(given)
-    return next((row[n] for n in names if row.get(n) not in (None, "")), None)
+    present = [row[n] for n in names if row.get(n) is not None]
+    return next((v for v in present if v != ""), present[0] if present else None)
 
 
 def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
