@@ -172,3 +172,24 @@ def test_bad_config_is_a_clear_error(tmp_path):
     write_pairs(tmp_path, 2, per_shard=2)
     with pytest.raises(ValueError, match="rank"):
         ShardDataset(tmp_path, rank=2, world_size=2)
+
+
+def test_collate_with_the_real_flamingo_processor(tmp_path):
+    from frozenvl.data import image_to_tensor
+    from frozenvl.flamingo.processor import FlamingoProcessor
+    from frozenvl.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens(["<image>", "<|endofchunk|>"], special_tokens=True)
+    processor = FlamingoProcessor(tok, lambda img: image_to_tensor(img, 8), max_images=5, max_length=512)
+    write_pages(tmp_path, 3, per_shard=3, n_images=2)
+    write_pairs(tmp_path, 3, per_shard=3)
+    batches = list(StreamingLoader(ShardDataset(tmp_path, LoaderConfig(shuffle_shards=False)), 3,
+                                   collate_fn=FlamingoCollator(processor)))
+    pages, pairs = batches
+    assert pages["pixel_values"].shape == (3, 2, 1, 3, 8, 8) and pairs["pixel_values"].shape == (3, 1, 1, 3, 8, 8)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert (pages["input_ids"] == image_id).sum(1).tolist() == [2, 2, 2]
+    assert tok.decode(pairs["input_ids"][0][pairs["attention_mask"][0].bool()]) == (
+        "<image>caption number 0<|endofchunk|>")
