@@ -79,8 +79,21 @@ def embedded_lm_dir(name: str) -> Path:
     log.info("dequantising %s once into %s", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantised and refuses save_pretrained: the weights are already
+    # dequantised to fp32, so write them and a config without the quantisation entry ourselves.
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to the input embedding; restored on load
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     with atomic_path(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
 

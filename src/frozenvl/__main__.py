@@ -1,0 +1,5 @@
+import sys
+
+from frozenvl.cli import main
+
+sys.exit(main())
