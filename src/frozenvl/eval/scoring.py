@@ -1,0 +1,240 @@
+"""Few-shot scoring for Flamingo with the demonstrations encoded once.
+
+A few-shot prompt is ``context`` (the demonstrations) + ``query`` (+ a candidate answer). Every query that shares
+its demonstrations shares ``context``: :meth:`FewShotScorer.encode_prefix` runs it through the model once and
+keeps the :class:`~frozenvl.flamingo.FlamingoCache` (LM keys/values, visual tokens of the demonstration images,
+cross-attention keys/values). Then
+
+- close-ended: the query is appended to a copy of the prefix cache, and the candidates are scored in batches
+  by repeating that cache over the batch; one forward per batch of candidates, over the candidate tokens only;
+- open-ended: a batch of queries is appended to copies of the prefix cache and decoded (beam search with the
+  model's own :func:`~frozenvl.flamingo.generation.generate`), so neither the demonstration text nor its images
+  are encoded again.
+
+The ``*_uncached`` methods are the plain reference: one full forward over demonstrations + query + candidate per
+candidate, and generation from the full prompt per query. Both paths score the same token ids: the context is
+tokenised with the tokenizer's special tokens (as the processor does), the query and each candidate separately
+without, and the uncached sequence is their concatenation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from frozenvl.eval.postprocess import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.flamingo.generation import generate
+
+
+def media_tensor(processor: Any, medium: Any, max_frames: int | None = None) -> torch.Tensor:
+    """An image -> (1, C, H, W); a video (list of frames) -> (F, C, H, W), frames evenly subsampled to
+    ``max_frames`` (the model's temporal embeddings) when longer."""
+    if not isinstance(medium, (list, tuple)):
+        return processor.load_image(medium, "image").unsqueeze(0)
+    frames = list(medium)
+    if max_frames is not None and len(frames) > max_frames:
+        step = len(frames) / max_frames
+        frames = [frames[int(i * step)] for i in range(max_frames)]
+    return torch.stack([processor.load_image(f, f"video frame {k}") for k, f in enumerate(frames)])
+
+
+@dataclass
+class Prefix:
+    """Demonstrations encoded once: their token ids, their media and the model's cache after them (one row).
+    ``cache`` is None when the context is empty (no tokens)."""
+
+    ids: list[int]
+    media: list[torch.Tensor]  # (F, C, H, W) each, in <image> order
+    cache: Any = None  # FlamingoCache
+
+    def expanded(self, rows: int) -> Any:
+        """A fresh copy of the cache repeated ``rows`` times; the stored cache stays untouched (the LM's KV
+        cache grows in place when continued, and ``select`` reorders it in place)."""
+        if self.cache is None:
+            return None
+        index = torch.zeros(rows, dtype=torch.long, device=self.cache.media_docs.device)
+        return copy.deepcopy(self.cache).select(index)
+
+
+@dataclass
+class _Piece:
+    ids: list[int]
+    media: list[torch.Tensor] = field(default_factory=list)
+
+
+class _PrefixedModel:
+    """The model seen through a prefix: the first call of a decoding loop (no cache yet) continues a copy of the
+    prefix cache instead of starting from nothing. Lets :func:`generate` decode after a cached prefix."""
+
+    def __init__(self, model: Any, prefix: Prefix):
+        self._model = model
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:  # token ids, training flag, eval()/train()
+        return getattr(self._model, name)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
+        if cache is None:
+            cache = self._prefix.expanded(input_ids.shape[0])
+            kwargs.pop("document_ids", None)  # continues the prefix's document
+        return self._model(input_ids, attention_mask, pixel_values, cache=cache, **kwargs)
+
+
+class FewShotScorer:
+    """Scores candidates and generates answers for few-shot prompts, with or without prefix reuse.
+
+    ``candidate_batch_size``: candidates per forward in :meth:`score_candidates`.
+    """
+
+    def __init__(self, model: Any, processor: Any, candidate_batch_size: int = 64):
+        if candidate_batch_size < 1:
+            raise ValueError(f"candidate_batch_size must be >= 1, got {candidate_batch_size}")
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.candidate_batch_size = candidate_batch_size
+        self.device = next(model.parameters()).device
+        self.max_frames = getattr(getattr(model, "config", None), "max_frames", None)
+
+    # ------------------------------------------------------------------------------------------ tokenising
+    def _piece(self, text: str, media: Sequence[Any], first: bool) -> _Piece:
+        ids = self.tokenizer(text, add_special_tokens=first)["input_ids"]
+        markers = sum(1 for t in ids if t == self.model.image_token_id)
+        if markers != len(media) or text.count(IMAGE_TOKEN) != len(media):
+            raise ValueError(f"{text[:60]!r}...: {text.count(IMAGE_TOKEN)} {IMAGE_TOKEN} markers "
+                             f"({markers} tokens) for {len(media)} media")
+        return _Piece(list(ids), [media_tensor(self.processor, m, self.max_frames) for m in media])
+
+    def _candidate_ids(self, candidate: str) -> list[int]:
+        ids = self.tokenizer(candidate + END_OF_CHUNK, add_special_tokens=False)["input_ids"]
+        if self.model.image_token_id in ids:
+            raise ValueError(f"candidate {candidate!r} contains {IMAGE_TOKEN}")
+        return list(ids)
+
+    def _pixels(self, rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor | None:
+        """Per-row media -> (B, T_img, F, C, H, W), zero images as padding (never attended to)."""
+        flat = [m for row in rows for m in row]
+        if not flat:
+            return None
+        T = max(len(row) for row in rows)
+        out = torch.zeros(len(rows), T, *flat[0].shape)
+        for i, row in enumerate(rows):
+            for j, m in enumerate(row):
+                if m.shape != flat[0].shape:
+                    raise ValueError(f"all media of a batch need one shape (frames, C, H, W): {tuple(m.shape)} "
+                                     f"vs {tuple(flat[0].shape)}")
+                out[i, j] = m
+        return out.to(self.device)
+
+    def _left_padded(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.model.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, L - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, L - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # --------------------------------------------------------------------------------------------- prefix
+    @torch.no_grad()
+    def encode_prefix(self, context: str, media: Sequence[Any] = ()) -> Prefix:
+        """Run the demonstrations once; the returned :class:`Prefix` serves every query that shares them."""
+        piece = self._piece(context, media, first=True)
+        if not piece.ids:
+            return Prefix(ids=[], media=[])
+        ids = torch.tensor([piece.ids], device=self.device)
+        out = self.model(ids, torch.ones_like(ids), self._pixels([piece.media]), use_cache=True, logits_to_keep=1)
+        return Prefix(ids=piece.ids, media=piece.media, cache=out.cache)
+
+    # ---------------------------------------------------------------------------------------- close-ended
+    @staticmethod
+    def _reduce(token_logp: torch.Tensor, mask: torch.Tensor, length_normalize: bool) -> torch.Tensor:
+        total = (token_logp * mask).sum(-1)
+        return total / mask.sum(-1) if length_normalize else total
+
+    @torch.no_grad()
+    def score_candidates(self, prefix: Prefix, query: str, query_media: Sequence[Any], candidates: Sequence[str],
+                         length_normalize: bool = True) -> list[float]:
+        """Log-likelihood of each ``candidate + <|endofchunk|>`` after prefix + query, per token if
+        ``length_normalize``. The query is encoded once on top of the prefix; candidates go in batches."""
+        query_piece = self._piece(query, query_media, first=False)
+        ids = torch.tensor([query_piece.ids], device=self.device)
+        out = self.model(ids, torch.ones_like(ids), self._pixels([query_piece.media]), cache=prefix.expanded(1),
+                         use_cache=True, logits_to_keep=1)
+        query_cache, next_logits = out.cache, out.logits[:, -1]  # (1, V)
+        scores: list[float] = []
+        for start in range(0, len(candidates), self.candidate_batch_size):
+            batch = [self._candidate_ids(c) for c in candidates[start:start + self.candidate_batch_size]]
+            n, L = len(batch), max(len(c) for c in batch)
+            cand = torch.full((n, L), self.model.pad_token_id, dtype=torch.long, device=self.device)
+            mask = torch.zeros((n, L), dtype=torch.long, device=self.device)
+            for i, c in enumerate(batch):  # right padding: padding comes after every real token
+                cand[i, :len(c)] = torch.tensor(c)
+                mask[i, :len(c)] = 1
+            cache = copy.deepcopy(query_cache).select(torch.zeros(n, dtype=torch.long, device=self.device))
+            logits = self.model(cand, mask, cache=cache).logits  # (n, L, V)
+            logits = torch.cat([next_logits.expand(n, 1, -1), logits[:, :-1]], dim=1)  # predicts cand[:, t]
+            token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
+            scores += self._reduce(token_logp, mask.float(), length_normalize).tolist()
+        return scores
+
+    @torch.no_grad()
+    def score_candidates_uncached(self, context: str, context_media: Sequence[Any], query: str,
+                                  query_media: Sequence[Any], candidates: Sequence[str],
+                                  length_normalize: bool = True) -> list[float]:
+        """Reference: one full forward (text and images) per candidate."""
+        ctx = self._piece(context, context_media, first=True)
+        qry = self._piece(query, query_media, first=False)
+        pixels = self._pixels([ctx.media + qry.media])
+        scores = []
+        for candidate in candidates:
+            cand = self._candidate_ids(candidate)
+            ids = torch.tensor([ctx.ids + qry.ids + cand], device=self.device)
+            logits = self.model(ids, torch.ones_like(ids), pixels, logits_to_keep=len(cand) + 1).logits[:, :-1]
+            target = torch.tensor([cand], device=self.device)
+            token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            scores += self._reduce(token_logp, torch.ones_like(token_logp), length_normalize).tolist()
+        return scores
+
+    # ----------------------------------------------------------------------------------------- generation
+    def _decode(self, sequences: torch.Tensor, prompt_length: int) -> list[list[int]]:
+        stops = {self.model.end_of_chunk_token_id, self.model.eos_token_id}
+        out = []
+        for row in sequences[:, prompt_length:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            out.append([t for t in row[:cut] if t != self.model.pad_token_id])
+        return out
+
+    @torch.no_grad()
+    def generate_ids(self, prefix: Prefix, queries: Sequence[str], queries_media: Sequence[Sequence[Any]],
+                     max_new_tokens: int, num_beams: int = 3) -> list[list[int]]:
+        """New token ids (up to the stop token) for a batch of queries that share ``prefix``."""
+        pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
+        ids, mask = self._left_padded([p.ids for p in pieces])  # the padding sits between prefix and query
+        pixels = self._pixels([p.media for p in pieces])
+        model = _PrefixedModel(self.model, prefix) if prefix.cache is not None else self.model
+        seqs = generate(model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        use_cache=True)
+        return self._decode(seqs, ids.shape[1])
+
+    @torch.no_grad()
+    def generate_ids_uncached(self, context: str, context_media: Sequence[Any], queries: Sequence[str],
+                              queries_media: Sequence[Sequence[Any]], max_new_tokens: int,
+                              num_beams: int = 3) -> list[list[int]]:
+        """Reference: generation from the full prompt (demonstrations encoded again for every query)."""
+        ctx = self._piece(context, context_media, first=True)
+        pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
+        ids, mask = self._left_padded([ctx.ids + p.ids for p in pieces])
+        pixels = self._pixels([ctx.media + p.media for p in pieces])
+        seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        use_cache=True)
+        return self._decode(seqs, ids.shape[1])
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return [self.tokenizer.decode(list(row), skip_special_tokens=True).strip() for row in ids]
