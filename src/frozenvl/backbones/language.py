@@ -170,10 +170,11 @@ def add_media_tokens(model: nn.Module, tokenizer, source: str = "<instance>") ->
     so the new tokens begin as plausible, untrained tokens. The base vocabulary's logits are unchanged.
     """
     freeze(model)
+    # OpenFlamingo's order (<|endofchunk|>, <image>, then pad), so that its checkpoints' rows line up with ours.
+    tokenizer.add_tokens([END_OF_CHUNK_TOKEN, IMAGE_TOKEN], special_tokens=True)
     added_pad = tokenizer.pad_token is None
     if added_pad:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.add_tokens([IMAGE_TOKEN, END_OF_CHUNK_TOKEN], special_tokens=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
     pad_id = tokenizer.pad_token_id

@@ -93,7 +93,7 @@ class FlamingoProcessor:
                 raise ValueError(f"sample {i}: {len(ids)} tokens, more than max_length={max_length}")
             n_markers = sum(1 for t in ids if t == self.image_token_id)
             if n_markers != markers:
-                raise ValueError(f"sample {i}: tokenizer split {IMAGE_TOKEN} ({n_markers} tokens for {markers} markers)")
+                raise ValueError(f"sample {i}: {n_markers} {IMAGE_TOKEN} tokens for {markers} markers after tokenizing")
             rows.append(ids)
             media.append([self._media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
 
