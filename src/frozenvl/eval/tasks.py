@@ -193,3 +193,17 @@ for _spec in (
     _vqa("msrvtt_qa", "video_qa", kind="video_qa", metric="exact_match"),
 ):
     register_task(_spec)
+
+# The synthetic world's evaluation splits (frozenvl.data.generate_world), read by frozenvl.eval.synthetic.
+# synth_icl_words: in-context learning; demonstrations from the query's episode, candidates are its words.
+for _spec in (
+    TaskSpec("synth_captioning", "captioning", CAPTION_TEMPLATE, metric="cider", max_new_tokens=20,
+             postprocess="caption"),
+    TaskSpec("synth_vqa", "vqa", VQA_TEMPLATE, metric="vqa_accuracy", max_new_tokens=5, postprocess="vqa"),
+    TaskSpec("synth_classification", "classification", CLASSIFICATION_TEMPLATE, metric="accuracy"),
+    TaskSpec("synth_heldout", "classification", CLASSIFICATION_TEMPLATE, metric="accuracy"),
+    TaskSpec("synth_video_qa", "video_qa", VQA_TEMPLATE, metric="exact_match", max_new_tokens=5,
+             postprocess="vqa"),
+    TaskSpec("synth_icl_words", "multiple_choice", CLASSIFICATION_TEMPLATE, metric="accuracy"),
+):
+    register_task(_spec)
