@@ -104,6 +104,10 @@ def from_timm(model: nn.Module, name: str = "timm") -> VisionEncoder:
     """A timm model: ``forward_features`` gives (N, C, H, W) for CNNs, (N, T, D) for ViTs (prefix tokens kept)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and getattr(patch_embed, "img_size", None):  # a ViT built for another size
+        img_size = patch_embed.img_size
+        size = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
     crop = float(cfg.get("crop_pct", 1.0) or 1.0)
     transform = ImageTransform(size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
                                resize=int(round(size / crop)))
