@@ -71,3 +71,15 @@ def test_language_sources_fail_clearly(tmp_path):
         load_causal_lm(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="needs its tokenizer"):
         load_causal_lm(torch.nn.Linear(1, 1))
+
+
+def test_flame_tower_as_a_frozen_encoder(tmp_path):
+    from frozenvl.flame.model import FlameModel, flame_config
+
+    flame = FlameModel(flame_config("tiny", text_dim=16))
+    flame.save_pretrained(tmp_path / "flame")
+    enc = build_vision(f"flame:{tmp_path / 'flame'}")
+    _check(enc, 16, 32)  # 32x32 images, 8x8 patches, width 32
+    with torch.no_grad():
+        x = torch.randn(1, 3, 32, 32)
+        assert torch.allclose(enc(x), flame.visual(x), atol=1e-6)

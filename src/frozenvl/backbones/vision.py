@@ -177,6 +177,17 @@ def embedded_efficientnet_lite0() -> VisionEncoder:
     return from_timm(model, name="embedded:efficientnet-lite0")
 
 
+def from_flame(folder: str) -> VisionEncoder:
+    """The ViT of a FLAME model saved by ``FlameModel.save_pretrained``: its patch tokens (B, N, width)."""
+    from frozenvl.flame.model import FlameModel
+
+    model = FlameModel.from_pretrained(folder)
+    cfg = model.config.vision
+    transform = ImageTransform(cfg.image_size, CLIP_MEAN, CLIP_STD)  # FLAME trains with CLIP normalisation
+    return VisionEncoder.from_module(model.visual, cfg.width, cfg.image_size, name=f"flame:{folder}",
+                                     transform=transform)
+
+
 EMBEDDED_VISION = {"efficientnet-lite0": embedded_efficientnet_lite0}
 
 
@@ -225,7 +236,5 @@ def build_vision(source) -> VisionEncoder:
 
         return from_transformers(AutoModel.from_pretrained(name), name=source)
     if kind == "flame":
-        from frozenvl.flame.model import load_image_tower_encoder  # FLAME-trained tower
-
-        return load_image_tower_encoder(name)
+        return from_flame(name)
     raise ValueError(f"unknown vision source kind {kind!r} in {source!r}")
