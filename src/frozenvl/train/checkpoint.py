@@ -1,0 +1,190 @@
+"""Training checkpoints: atomic folders of safetensors + JSON (no pickle anywhere), the last K kept.
+
+``{run_dir}/checkpoints/step-{step:08d}/``:
+
+- ``trainable.safetensors`` + ``flamingo_config.json``: the trainable weights only (the folder is also a valid
+  ``Flamingo.from_pretrained`` folder); frozen backbones are referenced by source, never copied;
+- ``optimizer.safetensors``: AdamW state tensors as ``{param name}::{key}``; ``optimizer.json``: param groups;
+- ``rng.safetensors``: every rank's torch (and CUDA) generator state;
+- ``trainer_state.json``: step, counters, data positions of every slot, Python/NumPy RNG states, the run config.
+
+A folder is written under a temporary name and renamed in one step, so a kill at any moment leaves the previous
+checkpoint intact; leftover temporary folders are ignored and cleaned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from frozenvl.backbones.cache import atomic_path, fsync_file
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+RNG = "rng.safetensors"
+STATE = "trainer_state.json"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # torch optimizer state dict keyed by parameter name (DCP full-state layout)
+    rng: list[dict[str, Any]]  # per rank
+    state: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- RNG states
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's generator states: tensors for torch/CUDA, JSON-able lists for Python and NumPy."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    py = random.getstate()
+    state["python"] = [py[0], list(py[1]), py[2]]
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], np_state[1].tolist(), *map(_py, np_state[2:])]
+    return state
+
+
+def _py(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+
+def optimizer_to_tensors(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Name-keyed optimizer state dict -> (flat tensors, JSON metadata)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for name, entry in osd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}::{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(name, {})[key] = value
+    meta = {"param_groups": [_jsonable(g) for g in osd["param_groups"]], "scalars": scalars}
+    return tensors, meta
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for flat, value in tensors.items():
+        name, _, key = flat.rpartition("::")
+        state.setdefault(name, {})[key] = value
+    for name, entry in meta.get("scalars", {}).items():
+        state.setdefault(name, {}).update(entry)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.item()
+    return x
+
+
+# ----------------------------------------------------------------------------------------- folders
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (temporary folders of interrupted writes excluded)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / STATE).exists()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
+                    rng: list[dict[str, Any]], state: dict[str, Any], keep: int,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``step-{step}`` atomically, then delete all but the last ``keep`` checkpoints."""
+    final = step_dir(root, step)
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        if write_extra is not None:
+            write_extra(tmp)
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt", "frozenvl": "train-checkpoint"})
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / OPTIMIZER), metadata={"format": "pt"})
+        (tmp / OPTIMIZER_META).write_text(json.dumps(opt_meta) + "\n")
+        rng_tensors = {}
+        rng_json = []
+        for r, s in enumerate(rng):
+            for key in ("torch", "cuda"):
+                if key in s:
+                    rng_tensors[f"rank{r}/{key}"] = s[key]
+            rng_json.append({"python": s["python"], "numpy": s["numpy"]})
+        save_file(rng_tensors, str(tmp / RNG))
+        (tmp / STATE).write_text(json.dumps({**state, "step": step, "rng": rng_json}, indent=1) + "\n")
+        for f in tmp.iterdir():
+            if f.is_file():
+                fsync_file(f)
+    prune(root, keep)
+    return final
+
+
+def prune(root: str | Path, keep: int) -> None:
+    found = list_checkpoints(root)
+    for old in found[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in Path(root).glob(".step-*.tmp"):  # interrupted writes of earlier runs
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    missing = [n for n in (WEIGHTS, OPTIMIZER, OPTIMIZER_META, RNG, STATE) if not (path / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete training checkpoint: {', '.join(missing)} missing")
+    state = json.loads((path / STATE).read_text())
+    rng_tensors = load_file(str(path / RNG))
+    rng = []
+    for r, s in enumerate(state.pop("rng")):
+        entry = {"python": s["python"], "numpy": s["numpy"], "torch": rng_tensors[f"rank{r}/torch"]}
+        if f"rank{r}/cuda" in rng_tensors:
+            entry["cuda"] = rng_tensors[f"rank{r}/cuda"]
+        rng.append(entry)
+    optimizer = optimizer_from_tensors(load_file(str(path / OPTIMIZER)),
+                                       json.loads((path / OPTIMIZER_META).read_text()))
+    return Checkpoint(path=path, weights=load_file(str(path / WEIGHTS)), optimizer=optimizer, rng=rng, state=state)

@@ -1,0 +1,78 @@
+"""``frozenvl train``: run or resume a training run described by a YAML config (plus dotted overrides).
+
+Also runnable as ``python -m frozenvl.train.cli`` (what torchrun needs with ``-m``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EPILOG = """\
+examples:
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml train.steps=50 optim.lr=3e-4
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml --resume          # continue after a kill
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml data.mixing=round_robin model.flamingo.gating=none
+  torchrun --nproc_per_node 2 -m frozenvl.train.cli --config configs/flamingo_tiny_cpu.yaml train.distributed=fsdp
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml --print-config    # the resolved config, then exit
+
+overrides are key.path=value (value parsed as YAML); datasets are addressed by name or index:
+  data.datasets.pairs.weight=0.5   data.datasets.0.batch_size=4   model.flamingo.cross_attn_every=2
+sections: model (lm, vision, lm_init, flamingo.*, train_lm, train_vision, lm_lr, vision_lr,
+gradient_checkpointing), data (datasets, mixing, eval_datasets, eval_batches, seed, shuffle_buffer, num_workers),
+optim (lr, weight_decay, betas, eps, warmup_steps, schedule, min_lr_ratio, grad_clip), train (run_dir, steps,
+grad_accum, precision, distributed, device, seed, log_every, eval_every, checkpoint_every, keep_checkpoints,
+max_nonfinite_steps, progress, tensorboard, threads). See docs/training.md.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="frozenvl train",
+        description="Train a Flamingo (frozen LM + frozen vision encoder) on a mixture of webdataset shards, on "
+                    "one process or under torchrun (DDP or FSDP2). Writes metrics.jsonl, checkpoints (trainable "
+                    "weights only, atomic, last K kept) and the resolved config.yaml into train.run_dir.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML run config (default: the built-in defaults, which need data.datasets)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in train.run_dir (exactly: weights, optimizer, "
+                        "schedule, data position, RNG); starts from scratch if there is none")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from frozenvl.train.config import ConfigError, dump_config, load_config
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"frozenvl train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    from frozenvl.train.loop import NonFiniteLossError, train
+
+    try:
+        result = train(config, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"frozenvl train: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f"frozenvl train: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {result.step} steps in {result.seconds / 60:.1f} min, last loss {result.last_loss}, "
+              f"{result.nonfinite_steps} non-finite steps skipped, checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The training loop: one engine for any :class:`~frozenvl.train.tasks.Task` on one process, DDP or FSDP2.
+
+One optimizer step = the weighted objective ``sum_d lambda_d * NLL_d`` over the step's datasets (all of them, or
+one in turn with round robin), each on ``grad_accum`` micro-batches per rank. Gradients accumulate locally and
+are synchronised once, in the last backward of the step; then they are clipped once and AdamW steps. A step whose
+loss or gradient is not finite on any rank is skipped on every rank (counted, logged), and the run stops with a
+clear message after ``train.max_nonfinite_steps`` such steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frozenvl.train import checkpoint as ckpt
+from frozenvl.train import distributed as D
+from frozenvl.train.config import RunConfig, dump_config
+from frozenvl.train.mixture import Mixture, eval_loaders
+from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
+from frozenvl.train.tasks import build_task
+
+log = logging.getLogger("frozenvl.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps had a NaN/inf loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done (including skipped ones)
+    nonfinite_steps: int
+    last_loss: float | None
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+class MetricsWriter:
+    """JSONL metrics (and TensorBoard if asked and installed), rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            # Lines written after the checkpoint we resume from will be written again: drop them.
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("train.tensorboard is true but the tensorboard package is not installed: "
+                            "writing metrics.jsonl only (pip install tensorboard)")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """``Trainer(config).fit()``; ``resume=True`` continues from the newest checkpoint of ``train.run_dir``."""
+
+    def __init__(self, config: RunConfig, task=None, resume: bool = False):
+        self.config = config
+        t = config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.dist = D.setup(t.device)
+        self.run_dir = Path(t.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        torch.manual_seed(t.seed)  # same initial trainable weights on every rank
+        self.task = task if task is not None else build_task(config.model)
+        self.model = self.task.model.to(self.dist.device)
+        self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        units = self.task.shard_units() if hasattr(self.task, "shard_units") else []
+        self.wrapped = D.wrap(self.model, self.dist, t.distributed, units)
+        # After wrapping: FSDP2 replaces the parameters by sharded DTensors, the optimizer must hold those.
+        self.optimizer = build_optimizer(self.model.named_parameters(), config.optim, config.model)
+        counter = getattr(self.task, "token_counter", None)
+        max_length = getattr(self.task, "max_length", None)
+        self.mixture = Mixture(config.data, self.dist.rank, self.dist.world_size, t.grad_accum, self.task.collate,
+                               counter, max_length)
+        self.eval_loaders = eval_loaders(config.data, self.dist.rank, self.dist.world_size, self.task.collate,
+                                         counter, max_length)
+        self.step = 0
+        self.nonfinite_steps = 0
+        self.resumed_from: Path | None = None
+        if resume:
+            path = ckpt.latest_checkpoint(self.ckpt_root)
+            if path is None:
+                if self.dist.is_main:
+                    log.warning("--resume: no checkpoint in %s, starting from scratch", self.ckpt_root)
+            else:
+                self._restore(path)
+        else:
+            torch.manual_seed(t.seed + 1000 * self.dist.rank)  # per-rank stream for anything random in training
+        self.metrics = MetricsWriter(self.run_dir, self.dist.is_main, t.tensorboard,
+                                     self.step if self.resumed_from else None)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(config))
+
+    # ------------------------------------------------------------------------------------------ state
+    def _fsdp(self) -> bool:
+        return self.dist.enabled and self.config.train.distributed == "fsdp"
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        if self._fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                           ignore_frozen_params=True))
+            # Gathered on rank 0 only (the writer); other ranks get an empty dict.
+            return {n: sd[n] for n in self.trainable} if self.dist.is_main else {}
+        return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save(self) -> Path | None:
+        """Collective: every rank contributes its RNG and data position; rank 0 writes."""
+        weights, optim_state = self._weights(), self._optimizer_state()
+        rngs = D.all_gather_object(ckpt.capture_rng())
+        data: dict[str, Any] = {}
+        for part in D.all_gather_object(self.mixture.state_dict()):
+            data.update(part)
+        path = None
+        if self.dist.is_main:
+            state = {"nonfinite_steps": self.nonfinite_steps, "data": data, "world_size": self.dist.world_size,
+                     "config": self.config.to_dict()}
+            extra = getattr(self.model, "config", None)
+            write_extra = (lambda tmp: extra.save(tmp / "flamingo_config.json")) if hasattr(extra, "save") else None
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, weights, optim_state, rngs, state,
+                                        self.config.train.keep_checkpoints, write_extra)
+        D.barrier()
+        return path
+
+    def _restore(self, path: Path) -> None:
+        c = ckpt.load_checkpoint(path)
+        if sorted(c.weights) != sorted(self.trainable):
+            missing = sorted(set(self.trainable) - set(c.weights))[:5]
+            extra = sorted(set(c.weights) - set(self.trainable))[:5]
+            raise ValueError(f"checkpoint {path} does not match the model's trainable parameters "
+                             f"(missing {missing}, unexpected {extra}): was the model config changed?")
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        if self._fsdp():
+            set_model_state_dict(self.model, c.weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.model.load_trainable(c.weights)
+        set_optimizer_state_dict(self.model, self.optimizer, c.optimizer,
+                                 options=StateDictOptions(full_state_dict=True))
+        self.mixture.load_state_dict(c.state["data"])
+        if len(c.rng) != self.dist.world_size:
+            raise ValueError(f"checkpoint {path} was written by {len(c.rng)} ranks, this run has "
+                             f"{self.dist.world_size}: resume with the same number of processes")
+        ckpt.restore_rng(c.rng[self.dist.rank])
+        self.step = int(c.state["step"])
+        self.nonfinite_steps = int(c.state["nonfinite_steps"])
+        self.resumed_from = path
+        if self.dist.is_main:
+            log.info("resumed from %s (step %d)", path, self.step)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _autocast(self):
+        if self.config.train.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (or a skipped one). Returns global metrics (identical on every rank)."""
+        t = self.config.train
+        set_lr(self.optimizer, lr_factor(self.step, self.config.optim, t.steps))
+        names = self.mixture.names_for_step(self.step)
+        all_names = [d.name for d in self.config.data.datasets]
+        micro = [(a, name) for a in range(t.grad_accum) for name in names]
+        # [nonfinite, samples, tokens, loss_sum per dataset..., micro-batches per dataset...]
+        stats = torch.zeros(3 + 2 * len(all_names), dtype=torch.float64)
+        for i, (a, name) in enumerate(micro):
+            batch = self.mixture.loaders[a][name].next()
+            with D.grad_sync(self.wrapped, enabled=i == len(micro) - 1):
+                with self._autocast():
+                    out = self.task.loss(self.wrapped, batch)
+                loss = out["loss"]
+                # Backward even on a non-finite loss: every rank must join the gradient sync.
+                (loss.float() * (self.mixture.weights[name] / t.grad_accum)).backward()
+            value = float(loss.detach())
+            k = all_names.index(name)
+            stats[0] += 0.0 if math.isfinite(value) else 1.0
+            stats[1] += len(batch["input_ids"]) if "input_ids" in batch else 0
+            stats[2] += float(out.get("tokens", 0))
+            stats[3 + k] += value if math.isfinite(value) else 0.0
+            stats[3 + len(all_names) + k] += 1
+        stats = D.all_reduce_sum(stats)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.config.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        skipped = stats[0] > 0 or not math.isfinite(norm)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics: dict[str, float] = {"samples": float(stats[1]), "tokens": float(stats[2]), "grad_norm": norm,
+                                     "skipped": float(skipped), "lr": self.optimizer.param_groups[0]["lr"]}
+        total = 0.0
+        for k, name in enumerate(all_names):
+            n = float(stats[3 + len(all_names) + k])
+            if n > 0:
+                metrics[f"loss/{name}"] = float(stats[3 + k]) / n
+                total += self.mixture.weights[name] * metrics[f"loss/{name}"]
+        metrics["loss"] = total if not skipped else float("nan")
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean held-out loss per eval dataset (the same batches every time) and their mean."""
+        if not self.eval_loaders:
+            return {}
+        self.model.eval()
+        names = list(self.eval_loaders)
+        stats = torch.zeros(2 * len(names), dtype=torch.float64)
+        for k, loader in enumerate(self.eval_loaders.values()):
+            loader.set_epoch(0)
+            for b, batch in enumerate(loader):
+                if b >= self.config.data.eval_batches:
+                    break
+                with self._autocast():
+                    loss = float(self.task.loss(self.wrapped, batch)["loss"])
+                stats[k] += loss
+                stats[len(names) + k] += 1
+        stats = D.all_reduce_sum(stats)
+        out = {f"eval/{n}": float(stats[k] / stats[len(names) + k]) for k, n in enumerate(names)
+               if stats[len(names) + k] > 0}
+        if out:
+            out["eval/loss"] = sum(out.values()) / len(out)
+        self.task.set_train_mode()
+        return out
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(self) -> TrainResult:
+        t = self.config.train
+        start = time.perf_counter()
+        self.task.set_train_mode()
+        history: list[dict[str, float]] = []
+        bar = None
+        if t.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        if self.step == 0 and self.eval_loaders:
+            record = {"step": 0, **self.evaluate()}
+            history.append(record)
+            self.metrics.write(record)
+        last_loss = None
+        window: dict[str, float] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        last_ckpt: Path | None = self.resumed_from
+        try:
+            while self.step < t.steps:
+                m = self.train_step()
+                if m["skipped"]:
+                    log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)", self.step,
+                                self.nonfinite_steps)
+                    if self.nonfinite_steps > t.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"stopping at step {self.step}: {self.nonfinite_steps} steps had a NaN/inf loss or "
+                            f"gradient, more than train.max_nonfinite_steps={t.max_nonfinite_steps}. Last good "
+                            f"checkpoint: {last_ckpt or 'none'}. Lower optim.lr, set optim.grad_clip, use "
+                            "train.precision=fp32, or inspect the data.")
+                else:
+                    last_loss = m["loss"]
+                for k, v in m.items():
+                    if k.startswith("loss") and not math.isfinite(v):
+                        continue
+                    window[k] = window.get(k, 0.0) + v
+                window_steps += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.1e}")
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step}
+                    for k, v in window.items():
+                        if k in ("samples", "tokens"):
+                            record[f"{k}_per_s"] = v / elapsed
+                        elif k == "skipped":
+                            record["skipped_steps"] = int(v)
+                        else:
+                            record[k] = v / window_steps
+                    record["nonfinite_steps"] = self.nonfinite_steps
+                    record["lr"] = m["lr"]
+                    record["elapsed_s"] = time.perf_counter() - start
+                    self.metrics.write(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                                        samples_s=f"{record['samples_per_s']:.1f}",
+                                        tok_s=f"{record['tokens_per_s']:.0f}")
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                is_last = self.step == t.steps
+                if self.eval_loaders and (is_last or (t.eval_every and self.step % t.eval_every == 0)):
+                    record = {"step": self.step, **self.evaluate()}
+                    history.append(record)
+                    self.metrics.write(record)
+                    if bar is not None:
+                        bar.write(f"step {self.step}: eval loss {record.get('eval/loss', float('nan')):.4f}")
+                if is_last or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
+                    last_ckpt = self.save() or last_ckpt
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        skips = self.mixture.skips()
+        if skips and self.dist.is_main:
+            log.info("skipped samples on rank 0: %s", skips)
+        return TrainResult(step=self.step, nonfinite_steps=self.nonfinite_steps, last_loss=last_loss,
+                           eval_history=history, checkpoint=last_ckpt, seconds=time.perf_counter() - start)
+
+    def close(self) -> None:
+        D.teardown(self.dist)
+
+
+def train(config: RunConfig, resume: bool = False, task=None) -> TrainResult:
+    trainer = Trainer(config, task=task, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,118 @@
+"""Checkpoints: only trainable weights, no pickle, atomic (an interrupted write leaves the last good one), last K
+kept, loadable as a Flamingo folder; NaN/inf steps skipped, counted, and the run stops after the limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainfixtures import tiny_config
+
+from frozenvl.train import checkpoint as ckpt
+from frozenvl.train.loop import NonFiniteLossError, Trainer, train
+
+
+def test_checkpoint_holds_only_trainable_weights_and_no_pickle(tmp_path, world):
+    cfg, _ = tiny_config(world, tmp_path / "run", steps=6, checkpoint_every=2, keep_checkpoints=2)
+    result = train(cfg)
+    found = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in found] == ["step-00000004", "step-00000006"]  # last K=2 kept
+    last = found[-1]
+    assert result.checkpoint == last
+    assert {p.suffix for p in last.iterdir()} <= {".safetensors", ".json"}  # no pickle anywhere
+    weights = load_file(str(last / "trainable.safetensors"))
+    from frozenvl.testing import tiny_flamingo
+
+    model, _ = tiny_flamingo(**{k: v for k, v in cfg.model.flamingo.items()})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert set(weights) == trainable and not set(weights) & frozen
+    opt = load_file(str(last / "optimizer.safetensors"))
+    assert {k.rpartition("::")[0] for k in opt} == trainable  # frozen parameters carry no optimizer state
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == 6 and set(state["data"]) == {"0", "1"}  # both slots' positions
+    # The folder is a Flamingo folder.
+    from frozenvl.flamingo import Flamingo
+    from frozenvl.testing import tiny_lm, tiny_tokenizer, tiny_vision
+
+    loaded = Flamingo.from_pretrained(last, lm=tiny_lm(), tokenizer=tiny_tokenizer(), vision=tiny_vision())
+    for n, t in loaded.trainable_state_dict().items():
+        assert torch.equal(t, weights[n])
+
+
+def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    w = {"a": torch.ones(2)}
+    opt = {"state": {"a": {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1.0}]}
+    rng = [ckpt.capture_rng()]
+    ckpt.save_checkpoint(root, 1, w, opt, rng, {"nonfinite_steps": 0, "data": {}}, keep=3)
+
+    def crash(tmp):
+        (tmp / "partial.json").write_text("{}")
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(root, 2, {"a": torch.full((2,), 2.0)}, opt, rng, {"nonfinite_steps": 0, "data": {}},
+                             keep=3, write_extra=crash)
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000001"]
+    assert ckpt.latest_checkpoint(root).name == "step-00000001"
+    assert not list(root.glob("step-00000002*"))
+    c = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
+    assert torch.equal(c.weights["a"], torch.ones(2))
+    assert torch.equal(c.optimizer["state"]["a"]["exp_avg"], torch.zeros(2))
+
+
+class NaNAt:
+    """Wraps a task: the loss is NaN at the given optimizer steps."""
+
+    def __init__(self, task, steps, trainer_ref):
+        self.inner, self.steps, self.ref = task, set(steps), trainer_ref
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, model, batch):
+        out = self.inner.loss(model, batch)
+        if self.ref["trainer"].step in self.steps:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def _trainer_with_nan(cfg, steps):
+    from frozenvl.train.tasks import build_task
+
+    ref = {}
+    task = NaNAt(build_task(cfg.model), steps, ref)
+    trainer = Trainer(cfg, task=task)
+    ref["trainer"] = trainer
+    return trainer
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, world):
+    cfg, _ = tiny_config(world, tmp_path / "run", steps=3, checkpoint_every=0)
+    trainer = _trainer_with_nan(cfg, steps=[1])
+    trainer.task.set_train_mode()
+    trainer.train_step()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    m = trainer.train_step()  # step 1: NaN
+    assert m["skipped"] == 1.0 and trainer.nonfinite_steps == 1
+    for n, p in trainer.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, before[n]), n  # no update from a NaN step
+            assert p.grad is None
+    m = trainer.train_step()
+    assert m["skipped"] == 0.0 and torch.isfinite(torch.tensor(m["loss"]))
+    trainer.close()
+
+
+def test_run_stops_after_the_nonfinite_limit(tmp_path, world):
+    cfg, _ = tiny_config(world, tmp_path / "run", steps=10, checkpoint_every=0, max_nonfinite_steps=2)
+    trainer = _trainer_with_nan(cfg, steps=range(100))
+    with pytest.raises(NonFiniteLossError, match="3 steps had a NaN/inf loss.*max_nonfinite_steps=2"):
+        trainer.fit()
+    assert trainer.step == 3
+    trainer.close()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in records if "nonfinite_steps" in r] == [1, 2]  # logged every step
