@@ -168,9 +168,12 @@ class FewShotScorer:
         out = self.model(ids, torch.ones_like(ids), self._pixels([query_piece.media]), cache=prefix.expanded(1),
                          use_cache=True, logits_to_keep=1)
         query_cache, next_logits = out.cache, out.logits[:, -1]  # (1, V)
-        scores: list[float] = []
-        for start in range(0, len(candidates), self.candidate_batch_size):
-            batch = [self._candidate_ids(c) for c in candidates[start:start + self.candidate_batch_size]]
+        all_ids = [self._candidate_ids(c) for c in candidates]
+        order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i]))  # similar lengths: little padding
+        scores = [0.0] * len(all_ids)
+        for start in range(0, len(order), self.candidate_batch_size):
+            rows = order[start:start + self.candidate_batch_size]
+            batch = [all_ids[i] for i in rows]
             n, L = len(batch), max(len(c) for c in batch)
             cand = torch.full((n, L), self.model.pad_token_id, dtype=torch.long, device=self.device)
             mask = torch.zeros((n, L), dtype=torch.long, device=self.device)
@@ -181,7 +184,8 @@ class FewShotScorer:
             logits = self.model(cand, mask, cache=cache).logits  # (n, L, V)
             logits = torch.cat([next_logits.expand(n, 1, -1), logits[:, :-1]], dim=1)  # predicts cand[:, t]
             token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-            scores += self._reduce(token_logp, mask.float(), length_normalize).tolist()
+            for i, value in zip(rows, self._reduce(token_logp, mask.float(), length_normalize).tolist()):
+                scores[i] = value
         return scores
 
     @torch.no_grad()
