@@ -159,6 +159,14 @@ class FlameModel(nn.Module):
         out = self.loss(image_features, text_features)
         return {**out, "image_features": image_features, "text_features": text_features}
 
+    def load_trainable(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load trainable weights by name (every parameter of the image side is trainable)."""
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        missing = [n for n in missing if dict(self.named_parameters()).get(n) is not None]
+        if missing or unexpected:
+            raise ValueError(f"trainable weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
