@@ -72,9 +72,10 @@ def test_generation_cached_equals_uncached_and_encodes_demonstrations_once(score
     seen.clear()
     plain = scorer.generate_ids_uncached(CONTEXT, imgs[:2], queries, media, max_new_tokens=6, num_beams=3)
     assert cached == plain and len(cached) == 3 and all(cached)
-    # cached: 2 demonstration images once + 3 queries x 3 beams; uncached: 3 images x 3 queries x 3 beams
-    assert cached_images == 2 + 9
-    assert sum(seen) == 27
+    # cached: 2 demonstration images once + each query's image once (not once per beam);
+    # uncached: the 3 images of each of the 3 full prompts
+    assert cached_images == 2 + 3
+    assert sum(seen) == 9
     # the first generated token's log-probability agrees too (through the candidate scorer)
     first = scorer.tokenizer.decode(cached[1])
     a = scorer.score_candidates(prefix, queries[1], media[1], [first])

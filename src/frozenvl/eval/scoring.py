@@ -67,25 +67,6 @@ class _Piece:
     media: list[torch.Tensor] = field(default_factory=list)
 
 
-class _PrefixedModel:
-    """The model seen through a prefix: the first call of a decoding loop (no cache yet) continues a copy of the
-    prefix cache instead of starting from nothing. Lets :func:`generate` decode after a cached prefix."""
-
-    def __init__(self, model: Any, prefix: Prefix):
-        self._model = model
-        self._prefix = prefix
-
-    def __getattr__(self, name: str) -> Any:  # token ids, training flag, eval()/train()
-        return getattr(self._model, name)
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
-        if cache is None:
-            cache = self._prefix.expanded(input_ids.shape[0])
-            kwargs.pop("document_ids", None)  # continues the prefix's document
-        return self._model(input_ids, attention_mask, pixel_values, cache=cache, **kwargs)
-
-
 class FewShotScorer:
     """Scores candidates and generates answers for few-shot prompts, with or without prefix reuse.
 
@@ -222,9 +203,8 @@ class FewShotScorer:
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
         ids, mask = self._left_padded([p.ids for p in pieces])  # the padding sits between prefix and query
         pixels = self._pixels([p.media for p in pieces])
-        model = _PrefixedModel(self.model, prefix) if prefix.cache is not None else self.model
-        seqs = generate(model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        use_cache=True)
+        seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        use_cache=True, cache=prefix.expanded(len(pieces)))
         return self._decode(seqs, ids.shape[1])
 
     @torch.no_grad()

@@ -18,18 +18,35 @@ import torch.nn.functional as F
 class _Decoder:
     """Feeds tokens to the model, with or without caching; rows can be reordered (beam search)."""
 
-    def __init__(self, model, input_ids, attention_mask, pixel_values, document_ids, use_cache: bool):
+    def __init__(self, model, input_ids, attention_mask, pixel_values, document_ids, use_cache: bool,
+                 expand: int = 1, prefix=None):
         self.model = model
         self.use_cache = use_cache
-        self.ids = input_ids
-        self.mask = attention_mask
-        self.pixels = pixel_values
-        self.docs = document_ids
+        self.expand = expand  # rows per prompt (beams)
+        rep = lambda t: None if t is None or expand == 1 else t.repeat_interleave(expand, dim=0)  # noqa: E731
+        self.ids = rep(input_ids) if expand > 1 else input_ids
+        self.mask = rep(attention_mask) if expand > 1 else attention_mask
+        self.docs = rep(document_ids) if expand > 1 else document_ids
+        self.prompt_pixels = pixel_values  # (B, ...): encoded once when caching
+        self.pixels = rep(pixel_values) if expand > 1 else pixel_values  # per row: what recomputation re-encodes
+        self.prefix = prefix
         self.cache = None
 
     def first(self) -> torch.Tensor:  # -> (N, V) logits of the next token
-        out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, use_cache=self.use_cache,
-                         logits_to_keep=1)
+        if not self.use_cache:
+            out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
+            return out.logits[:, -1]
+        media = None
+        if self.prompt_pixels is not None:  # each prompt's images once, not once per beam
+            media = self.model.encode_media(self.prompt_pixels)
+            if self.expand > 1:
+                media = media.repeat_interleave(self.expand, dim=0)
+        prefix = self.prefix
+        if prefix is not None and self.expand > 1:
+            rows = torch.arange(self.ids.shape[0] // self.expand, device=self.ids.device)
+            prefix = prefix.select(rows.repeat_interleave(self.expand))
+        out = self.model(self.ids, self.mask, media=media, document_ids=None if prefix is not None else self.docs,
+                         cache=prefix, use_cache=True, logits_to_keep=1)
         self.cache = out.cache
         return out.logits[:, -1]
 
@@ -91,8 +108,11 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     document_ids: torch.Tensor | None = None,
+    cache=None,
     **_: object,
 ) -> torch.Tensor:  # (B, L + new)
+    """``cache``: a :class:`FlamingoCache` of B rows that the prompts continue (e.g. demonstrations encoded once);
+    it is consumed (its LM KV cache grows in place): pass a copy to keep it."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_beams < 1:
@@ -103,6 +123,8 @@ def generate(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    if cache is not None and not use_cache:
+        raise ValueError("a prefix cache needs use_cache=True")
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("generate needs left padding: the last prompt token of a row is padding "
                          "(use the processor with padding_side='left')")
@@ -115,23 +137,25 @@ def generate(
     model.eval()
     try:
         if num_beams == 1:
-            new = _greedy_or_sample(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens,
-                                    do_sample, temperature, top_k, top_p, stops, banned, use_cache, generator)
+            decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, 1, cache)
+            new = _greedy_or_sample(model, decoder, input_ids.shape[0], max_new_tokens, do_sample, temperature,
+                                    top_k, top_p, stops, banned, generator)
         else:
-            new = _beam_search(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens,
-                               num_beams, length_penalty, stops, banned, use_cache)
+            decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, num_beams,
+                               cache)
+            new = _beam_search(model, decoder, input_ids.shape[0], max_new_tokens, num_beams, length_penalty, stops,
+                               banned)
     finally:
         model.train(was_training)
     return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
-def _greedy_or_sample(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens, do_sample,
-                      temperature, top_k, top_p, stops, banned, use_cache, generator) -> torch.Tensor:
-    B = input_ids.shape[0]
-    stop_ids = torch.tensor(stops, device=input_ids.device)
-    decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache)
+def _greedy_or_sample(model, decoder: _Decoder, B: int, max_new_tokens, do_sample, temperature, top_k, top_p, stops,
+                      banned, generator) -> torch.Tensor:
     logits = decoder.first()
-    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    device = logits.device
+    stop_ids = torch.tensor(stops, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = []
     for step in range(max_new_tokens):
         scores = _process_logits(logits, banned, temperature if do_sample else 1.0, top_k if do_sample else 0,
@@ -149,14 +173,9 @@ def _greedy_or_sample(model, input_ids, attention_mask, pixel_values, document_i
     return torch.stack(tokens, dim=1)
 
 
-def _beam_search(model, input_ids, attention_mask, pixel_values, document_ids, max_new_tokens, K, length_penalty,
-                 stops, banned, use_cache) -> torch.Tensor:
-    B = input_ids.shape[0]
-    device = input_ids.device
-    expand = lambda t: None if t is None else t.repeat_interleave(K, dim=0)  # noqa: E731
-    decoder = _Decoder(model, expand(input_ids), expand(attention_mask), expand(pixel_values),
-                       expand(document_ids), use_cache)
+def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_penalty, stops, banned) -> torch.Tensor:
     logits = decoder.first()  # (B*K, V)
+    device = logits.device
     V = logits.shape[-1]
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
