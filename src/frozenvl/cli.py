@@ -72,10 +72,10 @@ def _load_flamingo(args):
 def cmd_generate(args) -> int:
     import torch
 
-    media = []
+    # Read every image before loading the model, so that a wrong path fails at once.
+    media = [_load_video(value, args.max_frames) if kind == "video" else _load_image(value)
+             for kind, value in args.media or []]
     model, processor = _load_flamingo(args)
-    for kind, value in args.media or []:
-        media.append(_load_video(value, model.config.max_frames or 8) if kind == "video" else _load_image(value))
     torch.manual_seed(args.seed)
     batch = processor([args.prompt], [media], padding_side="left")
     out = model.generate(**batch, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lm", default="embedded:smollm2-135m", help="LM source when --model is not given")
     gen.add_argument("--vision", default="embedded:efficientnet-lite0", help="vision source without --model")
     gen.add_argument("--cross-attn-every", type=int, default=4, help="without --model: fusion frequency")
+    gen.add_argument("--max-frames", type=int, default=8, help="frames sampled from each --video folder")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--num-beams", type=int, default=3)
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
@@ -131,22 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate, media=[])
 
-    for name, module, text in [
-        ("data", "frozenvl.data.cli", "write the synthetic world, convert datasets to shards"),
-        ("flame", "frozenvl.flame.cli", "FLAME: offline facet embeddings and evaluation"),
-    ]:
+    for name, (module, text) in DELEGATED.items():
         p = sub.add_parser(name, help=text, add_help=False, description=text)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module))
     return parser
 
 
+DELEGATED = {
+    name: (module, text) for name, module, text in [
+        ("train", "frozenvl.train.cli", "train a Flamingo from a YAML config (torchrun for several processes)"),
+        ("eval", "frozenvl.eval.cli", "few-shot evaluation of a Flamingo (captioning, VQA, classification, video)"),
+        ("data", "frozenvl.data.cli", "write the synthetic world, convert datasets to shards"),
+        ("flame", "frozenvl.flame.cli", "FLAME: offline facet embeddings and evaluation"),
+    ]
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in DELEGATED:  # these subcommands own their whole argument list, --help included
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command is None:
         parser.print_help()
         return 2

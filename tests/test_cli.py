@@ -1,0 +1,48 @@
+import pytest
+
+from frozenvl.cli import DELEGATED, main
+
+
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_help_of_own_commands(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: frozenvl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(DELEGATED))
+def test_help_of_delegated_commands(command, capsys):
+    try:
+        code = main([command, "--help"])
+    except SystemExit as e:
+        code = e.code
+    assert code == 0
+    assert f"usage: frozenvl {command}" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_generate_errors_name_the_problem(tmp_path, capsys):
+    assert main(["generate", "--prompt", "<image>x", "--image", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["generate", "--prompt", "<image>x", "--image", str(bad)]) == 2
+    assert "cannot be decoded" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "<image>x", "--image", "skimage:nothing"]) == 2
+    assert "unknown scikit-image sample" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "--prompt", "x", "--video", str(tmp_path / "empty")]) == 2
+    assert "has no image files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_on_the_embedded_default(capsys):
+    code = main(["generate", "--prompt", "<image>Output: a cat.<|endofchunk|><image>Output:", "--image",
+                 "skimage:chelsea", "--image", "skimage:coffee", "--max-new-tokens", "5", "--num-beams", "1"])
+    out = capsys.readouterr().out.strip()
+    assert code == 0 and out  # a non-empty continuation
