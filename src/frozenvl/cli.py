@@ -62,10 +62,7 @@ def _load_flamingo(args):
     if args.model:
         if not Path(args.model).is_dir():
             raise CLIError(f"model folder {args.model} does not exist")
-        model = fl.Flamingo.from_pretrained(args.model)
-        processor = fl.FlamingoProcessor(model.tokenizer, model.vision.transform, model.config.max_images,
-                                         model.config.max_length)
-        return model, processor
+        return fl.load_pretrained(args.model)
     return fl.build(lm=args.lm, vision=args.vision, cross_attn_every=args.cross_attn_every)
 
 

@@ -42,7 +42,8 @@ class ImageTransform:
         image = image.convert("RGB")
         w, h = image.size
         scale = self.resize / min(w, h)
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        image = image.resize((max(self.resize, round(w * scale)), max(self.resize, round(h * scale))),
+                             Image.BICUBIC)
         w, h = image.size
         left, top = (w - self.size) // 2, (h - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))

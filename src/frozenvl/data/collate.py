@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
+
+from frozenvl.backbones.vision import ImageTransform
 
 # CLIP's normalisation, the usual default for contrastively trained image towers.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -19,16 +20,7 @@ Processor = Callable[..., dict[str, Any]]
 def image_to_tensor(image: Image.Image, size: int, mean: Sequence[float] = CLIP_MEAN,
                     std: Sequence[float] = CLIP_STD) -> torch.Tensor:
     """Resize the short side to `size`, centre-crop to size x size, normalise: -> (3, size, size) float32."""
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # (3, H, W)
+    return ImageTransform(size, mean, std)(image)
 
 
 class FlamingoCollator:

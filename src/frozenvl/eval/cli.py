@@ -59,10 +59,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model:
         if not Path(args.model).is_dir():
             raise FileNotFoundError(f"model folder {args.model} does not exist")
-        model = fl.Flamingo.from_pretrained(args.model)
-        processor = fl.FlamingoProcessor(model.tokenizer, model.vision.transform, model.config.max_images,
-                                         model.config.max_length)
-        return model, processor
+        return fl.load_pretrained(args.model)
     return fl.build(lm=args.lm, vision=args.vision)
 
 

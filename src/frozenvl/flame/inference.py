@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,24 +22,9 @@ DEFAULT_CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image o
 
 def image_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
     """PIL image -> (3, S, S) float tensor: resize the shorter side to S (bicubic), centre crop, normalise."""
-    from PIL import Image
+    from frozenvl.backbones.vision import ImageTransform
 
-    mean_t = torch.tensor(mean)[:, None, None]
-    std_t = torch.tensor(std)[:, None, None]
-
-    def transform(image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = image_size / min(w, h)
-        image = image.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
-                             Image.Resampling.BICUBIC)
-        w, h = image.size
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-        return (x - mean_t) / std_t
-
-    return transform
+    return ImageTransform(image_size, mean, std)
 
 
 @torch.no_grad()

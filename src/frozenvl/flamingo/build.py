@@ -39,3 +39,11 @@ def build(
     model = Flamingo(config, frozen_lm, encoder)
     processor = FlamingoProcessor(frozen_lm.tokenizer, encoder.transform, config.max_images, config.max_length)
     return model, processor
+
+
+def load_pretrained(path, **kwargs) -> tuple[Flamingo, FlamingoProcessor]:
+    """A saved Flamingo (see :meth:`Flamingo.save_pretrained`) and its processor."""
+    model = Flamingo.from_pretrained(path, **kwargs)
+    processor = FlamingoProcessor(model.tokenizer, model.vision.transform, model.config.max_images,
+                                  model.config.max_length)
+    return model, processor
