@@ -157,21 +157,36 @@ def load_images(paths: Sequence[str], image_size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def score_retrieval(model, encoder, images: torch.Tensor, captions: Sequence[str], text_to_image: Sequence[int],
+                    aggregate: str = "mean_embedding", batch_size: int = 32) -> dict:
+    """Recall@1/5/10 both ways for preprocessed images (N, 3, S, S). ``model`` needs ``encode_image``;
+    ``encoder`` needs ``encode(captions) -> (B, K, D)`` (a FLAME text encoder, or a baseline's text tower)."""
+    image_features = encode_image(model, images, batch_size)
+    text_features = encode_text(encoder, list(captions), aggregate, batch_size)
+    metrics = retrieval_metrics(similarity(image_features, text_features), text_to_image)
+    return {"task": "retrieval", "aggregate": aggregate, "num_images": len(images), "num_captions": len(captions),
+            **metrics}
+
+
+def score_zero_shot(model, encoder, images: torch.Tensor, labels: Sequence[int], classnames: Sequence[str],
+                    templates: Sequence[str] = DEFAULT_CLASS_TEMPLATES, aggregate: str = "mean_embedding",
+                    batch_size: int = 32) -> dict:
+    """Top-1/5 zero-shot accuracy for preprocessed images (N, 3, S, S); same ``model`` / ``encoder`` contract."""
+    image_features = encode_image(model, images, batch_size)
+    classifier = zero_shot_classifier(encoder, classnames, templates, aggregate, batch_size)
+    metrics = classification_metrics(similarity(image_features, classifier), labels)
+    return {"task": "zero_shot", "aggregate": aggregate, "num_images": len(images), "num_classes": len(classnames),
+            **metrics}
+
+
 def evaluate_retrieval(model, encoder, dataset: RetrievalSet, aggregate: str = "mean_embedding",
                        batch_size: int = 32) -> dict:
     images = load_images(dataset.images, model.config.vision.image_size)
-    image_features = encode_image(model, images, batch_size)
-    text_features = encode_text(encoder, dataset.captions, aggregate, batch_size)
-    metrics = retrieval_metrics(similarity(image_features, text_features), dataset.text_to_image)
-    return {"task": "retrieval", "aggregate": aggregate, "num_images": len(dataset.images),
-            "num_captions": len(dataset.captions), **metrics}
+    return score_retrieval(model, encoder, images, dataset.captions, dataset.text_to_image, aggregate, batch_size)
 
 
 def evaluate_zero_shot(model, encoder, dataset: ClassificationSet, templates: Sequence[str] = DEFAULT_CLASS_TEMPLATES,
                        aggregate: str = "mean_embedding", batch_size: int = 32) -> dict:
     images = load_images(dataset.images, model.config.vision.image_size)
-    image_features = encode_image(model, images, batch_size)
-    classifier = zero_shot_classifier(encoder, dataset.classnames, templates, aggregate, batch_size)
-    metrics = classification_metrics(similarity(image_features, classifier), dataset.labels)
-    return {"task": "zero_shot", "aggregate": aggregate, "num_images": len(dataset.images),
-            "num_classes": len(dataset.classnames), **metrics}
+    return score_zero_shot(model, encoder, images, dataset.labels, dataset.classnames, templates, aggregate,
+                           batch_size)

@@ -80,9 +80,9 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, W)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, N, W)
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.attn(h, h, h, attn_mask=attn_mask, need_weights=False)[0]  # mask: (N, N) additive float
         return x + self.mlp(self.norm2(x))
 
 

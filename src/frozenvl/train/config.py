@@ -52,10 +52,22 @@ class ModelConfig:
     lm_lr: float | None = None  # None: optim.lr
     vision_lr: float | None = None
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in the backward pass
+    # kind "flame": FlameTaskOptions fields (store, preset, image_size, vision, head_hidden, loss, sampled_facets);
+    # kind "clip_baseline": ClipBaselineTaskOptions fields (the same image tower + text, tokenizer, caption, ...).
+    flame: dict[str, Any] = field(default_factory=dict)
+    clip_baseline: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str = "model") -> None:
-        _choice(f"{where}.kind", self.kind, ("flamingo",))
+        _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
         _choice(f"{where}.lm_init", self.lm_init, ("pretrained", "random"))
+        if self.kind in ("flame", "clip_baseline"):
+            from frozenvl.flame.task import ClipBaselineTaskOptions, FlameTaskOptions
+
+            options = FlameTaskOptions if self.kind == "flame" else ClipBaselineTaskOptions
+            try:
+                options.from_dict(getattr(self, self.kind))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{where}.{self.kind}: {e}") from None
         from frozenvl.flamingo import FlamingoConfig
 
         try:

@@ -222,7 +222,8 @@ class Trainer:
             value = float(loss.detach())
             k = all_names.index(name)
             stats[0] += 0.0 if math.isfinite(value) else 1.0
-            stats[1] += len(batch["input_ids"]) if "input_ids" in batch else 0
+            # A task may count its samples (FLAME batches have no input_ids); else one per input_ids row.
+            stats[1] += float(out["samples"]) if "samples" in out else len(batch.get("input_ids", ()))
             stats[2] += float(out.get("tokens", 0))
             stats[3 + k] += value if math.isfinite(value) else 0.0
             stats[3 + len(all_names) + k] += 1

@@ -5,7 +5,8 @@ Contract of a task:
 
 - ``model``: an ``nn.Module`` whose trainable parameters have ``requires_grad=True`` (others frozen);
 - ``collate(samples) -> batch`` for the data loader (picklable if loader workers are used);
-- ``loss(model, batch) -> dict`` with a scalar ``"loss"`` and ``"tokens"`` (how many targets, for throughput);
+- ``loss(model, batch) -> dict`` with a scalar ``"loss"`` and ``"tokens"`` (how many targets, for throughput),
+  and optionally ``"samples"`` (the batch's samples; default: the rows of ``batch["input_ids"]``);
   ``model`` is the possibly wrapped (DDP/FSDP) module: call it, do not reach inside;
 - ``trainable_state_dict()`` / ``load_trainable(tensors)`` and ``save_pretrained(dir)`` of the bare model;
 - ``token_counter``: str -> tokens, used by the loader's length limits.
@@ -123,7 +124,17 @@ class FlamingoTask:
         self.model.save_pretrained(path)
 
 
-def build_task(config: ModelConfig) -> FlamingoTask:
+def build_task(config: ModelConfig) -> Task:
+    """``model.kind``: ``flamingo``, ``flame`` (options in ``model.flame``) or ``clip_baseline``
+    (``model.clip_baseline``), the last two from ``frozenvl.flame.task``."""
     if config.kind == "flamingo":
         return FlamingoTask(config)
+    if config.kind == "flame":
+        from frozenvl.flame.task import FlameTask
+
+        return FlameTask.from_options(config.flame)
+    if config.kind == "clip_baseline":
+        from frozenvl.flame.task import ClipBaselineTask
+
+        return ClipBaselineTask.from_options(config.clip_baseline)
     raise ValueError(f"unknown model.kind {config.kind!r}")

@@ -1,0 +1,192 @@
+"""The CLIP baseline for FLAME: the same image tower, trained against a small text transformer from scratch.
+
+Image side: exactly FLAME's (``VisionTransformer`` + per-token ``PatchHead`` into ``embed_dim``, mean over patch
+tokens, L2 norm), with the same parameter names (``visual.*``, ``head.*``), so with the same seed both models start
+from the same image weights. Text side: hashed-word (or byte) tokens -> a causal pre-norm transformer -> the
+final hidden state at EOS -> a linear projection into ``embed_dim`` -> L2 norm. Everything trains.
+
+The loss is FLAME's (``sigmoid`` or ``infonce``) with one positive per image (S = 1). For evaluation the text tower
+is wrapped as an encoder with one facet (:meth:`ClipBaseline.text_encoder`), so FLAME's retrieval and zero-shot
+code (``frozenvl.flame.inference`` / ``evaluate``) scores both models unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frozenvl.backbones.cache import atomic_path
+from frozenvl.flame.loss import build_loss
+from frozenvl.flame.model import PRESETS, Block, PatchHead, VisionTransformer, VisionTransformerConfig
+from frozenvl.flame.simple_tokenizer import EOS, SimpleTokenizer, TokenizerConfig
+
+
+@dataclass
+class TextTransformerConfig:
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class ClipBaselineConfig:
+    vision: VisionTransformerConfig = field(default_factory=VisionTransformerConfig)
+    embed_dim: int = 576  # the joint space; FLAME's is the LLM's hidden size, use the same for the same head
+    head_hidden: int = 4096
+    text: TextTransformerConfig = field(default_factory=TextTransformerConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    loss: str = "sigmoid"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipBaselineConfig:
+        data = dict(data)
+        return cls(vision=VisionTransformerConfig(**data.pop("vision", {})),
+                   text=TextTransformerConfig(**data.pop("text", {})),
+                   tokenizer=TokenizerConfig(**data.pop("tokenizer", {})), **data)
+
+
+def baseline_config(preset: str, embed_dim: int = 576, text: dict | None = None, tokenizer: dict | None = None,
+                    **overrides) -> ClipBaselineConfig:
+    """The image tower of FLAME preset ``preset`` (same ViT, same head widths) with a trainable text tower."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown FLAME preset {preset!r}; known: {', '.join(PRESETS)}")
+    image = PRESETS[preset](embed_dim)
+    config = ClipBaselineConfig(vision=image.vision, embed_dim=embed_dim, head_hidden=image.head_hidden,
+                                text=TextTransformerConfig(**(text or {})),
+                                tokenizer=TokenizerConfig(**(tokenizer or {})))
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"ClipBaselineConfig has no field {key!r}")
+        setattr(config, key, value)
+    return config
+
+
+class TextTransformer(nn.Module):
+    """Token ids (B, L), right-padded -> (B, W) hidden state at each row's EOS.
+
+    Attention is causal, so with right padding no real token ever sees a padding token and no key mask is needed.
+    """
+
+    def __init__(self, config: TextTransformerConfig, vocab_size: int, max_length: int):
+        super().__init__()
+        self.token_embed = nn.Embedding(vocab_size, config.width)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_length, config.width) * 0.01)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.width)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        x = self.token_embed(input_ids) + self.pos_embed[:, :length]  # (B, L, W)
+        causal = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)  # (L, L)
+        for block in self.blocks:
+            x = block(x, causal)
+        x = self.norm(x)
+        last = attention_mask.sum(dim=1) - 1  # (B,) index of EOS (the last real token)
+        return x[torch.arange(x.shape[0], device=x.device), last]  # (B, W)
+
+
+class ClipBaseline(nn.Module):
+    def __init__(self, config: ClipBaselineConfig):
+        super().__init__()
+        self.config = config
+        # Built in FLAME's order (visual, head first): the same seed gives the same initial image tower.
+        self.visual = VisionTransformer(config.vision)
+        self.head = PatchHead(config.vision.width, config.head_hidden, config.embed_dim)
+        self.tokenizer = SimpleTokenizer(config.tokenizer)
+        self.text = TextTransformer(config.text, self.tokenizer.vocab_size, config.tokenizer.max_length)
+        self.text_proj = nn.Linear(config.text.width, config.embed_dim, bias=False)
+        self.loss = build_loss(config.loss)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) L2-normalised image embeddings (FLAME's image side)."""
+        tokens = self.head(self.visual(images))  # (B, N, D)
+        return F.normalize(tokens.mean(dim=1), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> (B, D) L2-normalised text embeddings."""
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts))
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        image_features = self.encode_image(images)  # (B, D)
+        text_features = self.encode_text(input_ids, attention_mask)  # (B, D)
+        out = self.loss(image_features, text_features[:, None])  # one positive per image: (B, 1, D)
+        return {**out, "image_features": image_features, "text_features": text_features}
+
+    def text_encoder(self, batch_size: int = 256) -> BaselineTextEncoder:
+        return BaselineTextEncoder(self, batch_size)
+
+    def load_trainable(self, weights: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"trainable weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(json.dumps({"model": "clip_baseline", **self.config.to_dict()},
+                                                        indent=1))
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> ClipBaseline:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        data = json.loads((folder / "config.json").read_text())
+        if data.pop("model", None) != "clip_baseline":
+            raise ValueError(f"{folder} is not a CLIP-baseline checkpoint")
+        model = cls(ClipBaselineConfig.from_dict(data))
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return model
+
+
+class BaselineTextEncoder:
+    """The baseline's text tower behind the FLAME text-encoder interface: ``encode(captions) -> (B, 1, D)``."""
+
+    num_facets = 1
+
+    def __init__(self, model: ClipBaseline, batch_size: int = 256):
+        self.model = model
+        self.batch_size = batch_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.embed_dim
+
+    @torch.no_grad()
+    def encode(self, captions: Sequence[str], clean: bool = True) -> torch.Tensor:
+        if isinstance(captions, str):
+            raise TypeError("encode takes a list of captions, not one string")
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(captions), self.batch_size):
+            batch = self.model.tokenize(captions[i:i + self.batch_size])
+            out.append(self.model.encode_text(batch["input_ids"].to(device),
+                                              batch["attention_mask"].to(device)).float().cpu())
+        if not out:
+            return torch.zeros(0, 1, self.hidden_size)
+        return torch.cat(out)[:, None]  # (B, 1, D)
+
+    def describe(self) -> dict:
+        return {"text_encoder": "clip_baseline", "tokenizer": self.model.config.tokenizer.to_dict(),
+                "eos_id": EOS}

@@ -1,0 +1,90 @@
+"""The synthetic world's evaluation splits (``frozenvl.data.generate_world``) as FLAME evaluation sets.
+
+- ``classification`` / ``heldout``: one object per image, label "colour shape" among the record's 36 choices;
+  ``heldout`` holds only the six compositions never seen in training (zero-shot compositionality).
+- ``retrieval``: one image, up to 5 short captions and one long caption; ``long=True`` keeps the long caption
+  only (long-caption retrieval, one caption per image).
+
+Images come back preprocessed, (N, 3, S, S), ready for :func:`frozenvl.flame.evaluate.score_retrieval` and
+:func:`~frozenvl.flame.evaluate.score_zero_shot`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frozenvl.flame.inference import image_transform
+
+
+@dataclass
+class TensorClassificationSet:
+    images: torch.Tensor  # (N, 3, S, S)
+    labels: list[int]
+    classnames: list[str]
+
+
+@dataclass
+class TensorRetrievalSet:
+    images: torch.Tensor  # (N, 3, S, S)
+    captions: list[str]
+    text_to_image: list[int]
+
+
+def _records(world: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:
+    from frozenvl.data import SkipCounter, decode_sample, read_shard
+    from frozenvl.data.bad import BadSample
+
+    shards = sorted(Path(world, "eval").glob(f"{split}-*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"{world}/eval has no {split}-*.tar shards: generate the world with this split")
+    skips = SkipCounter()
+    for shard in shards:
+        for raw in read_shard(shard, skips):
+            try:
+                yield decode_sample(raw)
+            except BadSample as bad:
+                skips.add(bad.reason, str(bad))
+
+
+def world_classification(world: str | os.PathLike, split: str, image_size: int,
+                         limit: int | None = None) -> TensorClassificationSet:
+    """Records of a classification split; class names are the records' ``choices`` (the same for all)."""
+    transform = image_transform(image_size)
+    images, labels, classnames = [], [], None
+    for record in _records(world, split):
+        if classnames is None:
+            classnames = list(record["choices"])
+        elif list(record["choices"]) != classnames:
+            raise ValueError(f"{record['key']}: its choices differ from the split's first record")
+        images.append(transform(record["images"][0]))
+        labels.append(classnames.index(record["label"]))
+        if limit is not None and len(images) >= limit:
+            break
+    if not images:
+        raise ValueError(f"{world}: the {split} split has no readable records")
+    return TensorClassificationSet(torch.stack(images), labels, classnames)
+
+
+def world_retrieval(world: str | os.PathLike, image_size: int, long: bool = True, split: str = "retrieval",
+                    limit: int | None = None) -> TensorRetrievalSet:
+    """Images with their long caption (``long=True``) or their short captions."""
+    transform = image_transform(image_size)
+    images, captions, owner = [], [], []
+    for record in _records(world, split):
+        texts = record.get("long_captions") if long else record.get("captions")
+        if not texts:
+            continue
+        owner.extend([len(images)] * len(texts))
+        captions.extend(texts)
+        images.append(transform(record["images"][0]))
+        if limit is not None and len(images) >= limit:
+            break
+    if not images:
+        raise ValueError(f"{world}: the {split} split has no record with {'long ' if long else ''}captions")
+    return TensorRetrievalSet(torch.stack(images), captions, owner)

@@ -1,0 +1,65 @@
+"""The FLAME-vs-CLIP comparison end to end at a toy scale (tiny random LM): world, store, both trainings, scores."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from frozenvl.flame.compare import ComparisonConfig, format_table, run_comparison, run_config
+from frozenvl.testing import tiny_lm, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def toy(tmp_path) -> ComparisonConfig:
+    tiny_lm("llama").save_pretrained(tmp_path / "lm")
+    tiny_tokenizer().save_pretrained(tmp_path / "lm")
+    return ComparisonConfig(out=str(tmp_path / "cmp"), lm=str(tmp_path / "lm"), n_pairs=32, n_eval=8, image_size=32,
+                            steps=3, batch_size=8, warmup_steps=1, sampled_facets=2,
+                            vision={"patch_size": 8, "width": 32, "layers": 1, "heads": 2}, head_hidden=32,
+                            text={"width": 32, "layers": 1, "heads": 2}, threads=None)
+
+
+def test_equal_data_and_steps(toy, tmp_path):
+    flame, clip = (run_config(toy, kind, Path("w"), "s") for kind in ("flame", "clip_baseline"))
+    assert flame.data == clip.data and flame.optim == clip.optim
+    assert {**vars(flame.train), "run_dir": ""} == {**vars(clip.train), "run_dir": ""}
+    shared = ("preset", "image_size", "vision", "head_hidden", "loss")
+    assert {k: flame.model.flame[k] for k in shared} == {k: clip.model.clip_baseline[k] for k in shared}
+
+
+def test_comparison_runs_end_to_end(toy, capsys):
+    results = run_comparison(toy)
+    saved = json.loads((Path(toy.out) / "results.json").read_text())
+    assert saved["headline"] == results["headline"]
+    assert results["embedding"]["captions"] == 32  # every training caption went through the frozen LLM once
+    for kind in ("flame", "clip_baseline"):
+        m = results["models"][kind]
+        assert m["training"]["steps"] == 3 and m["training"]["final_loss"] is not None
+        assert m["zero_shot/heldout"]["num_images"] == 8 and m["zero_shot/heldout"]["num_classes"] == 36
+        assert m["retrieval/long"]["num_images"] == m["retrieval/long"]["num_captions"] == 8
+        assert 0 <= m["retrieval/long"]["text_to_image_R@1"] <= 100
+    # FLAME's trainable parameters are the image tower alone; the baseline adds its text tower.
+    assert results["models"]["clip_baseline"]["training"]["trainable_parameters"] > \
+        results["models"]["flame"]["training"]["trainable_parameters"]
+    table = format_table(results)
+    assert table.splitlines()[-1].startswith("headline: 32 pairs, 3 steps x 8")
+    # Run again: the world and the store are reused (nothing embedded a second time).
+    again = run_comparison(toy)
+    assert again["embedding"]["embedded_now"] == 0 and again["embedding"]["captions"] == 32
+
+
+def test_script_prints_the_table(toy, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import flame_vs_clip
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setattr(flame_vs_clip, "ComparisonConfig",
+                        lambda **kw: ComparisonConfig(**{**vars(toy), **{k: v for k, v in kw.items()
+                                                                          if k in ("out", "lm", "steps")}}))
+    assert flame_vs_clip.main(["--out", toy.out, "--lm", toy.lm, "--steps", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("headline: 32 pairs, 2 steps") and "FLAME" in lines[-1] and "CLIP" in lines[-1]
