@@ -1,10 +1,11 @@
 """Training-step benchmark: frozen LM vs every parameter trainable; 1 process vs 2 processes (gloo, CPU).
 
-Model: a small random Llama-family Flamingo (hidden 256, 8 layers, tiny CNN vision) so that it runs in a minute on
-a 2-core CPU; the embedded default (SmolLM2-135M + EfficientNet-Lite0) takes ~40 s per step on such a machine.
-Each variant runs in its own subprocess so that peak RSS (ru_maxrss) is its own.
+Model (``--model``): ``embedded`` (default): the embedded default, SmolLM2-135M + EfficientNet-Lite0 with the
+demo's small resampler; ``tiny``: a small random Llama-family Flamingo (hidden 256, 8 layers, tiny CNN vision).
+Each variant runs in its own subprocess so that peak RSS (ru_maxrss) is its own. The 1- vs 2-process throughput
+uses the trainer on a tiny synthetic world with a tiny model in both cases.
 
-    python benchmarks/train_step.py            # prints the figures and a final "headline:" line
+    python benchmarks/train_step.py [--model embedded|tiny]   # prints the figures and a final "headline:" line
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 STEPS, WARMUP, BATCH = 8, 2, 4
 
 
-def step_variant(variant: str) -> dict:
+def step_variant(variant: str, model_kind: str = "embedded") -> dict:
     """Run in a subprocess: time STEPS optimizer steps of one variant; report time, RSS, trainable state bytes."""
     import torch
 
@@ -33,16 +34,22 @@ def step_variant(variant: str) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    lm = tiny_lm("llama", hidden=256, layers=8, heads=8)
-    model, proc = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), cross_attn_every=4,
-                        resampler_depth=2, num_latents=16, resampler_dim=128)
+    if model_kind == "embedded":
+        model, proc = build(lm="embedded:smollm2-135m", vision="embedded:efficientnet-lite0", cross_attn_every=4,
+                            resampler_depth=2, num_latents=16, resampler_dim=256)
+        pictures = lambda i: [torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))] * 2  # noqa: E731
+    else:
+        lm = tiny_lm("llama", hidden=256, layers=8, heads=8)
+        model, proc = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), cross_attn_every=4,
+                            resampler_depth=2, num_latents=16, resampler_dim=128)
+        pictures = lambda i: images(2, seed=i)  # noqa: E731
     if variant == "all_trainable":
         for p in model.parameters():
             p.requires_grad_(True)
     model.train()
     opt = build_optimizer(model.named_parameters(), OptimConfig(lr=1e-4))
     texts = ["<image>a large red circle at the top left of the picture<|endofchunk|>" * 2] * BATCH
-    batch = proc(texts, [images(2, seed=i) for i in range(BATCH)])
+    batch = proc(texts, [pictures(i) for i in range(BATCH)])
     times = []
     for i in range(STEPS):
         t0 = time.perf_counter()
@@ -80,11 +87,17 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--variant":
-        print(json.dumps(step_variant(sys.argv[2])))
+        print(json.dumps(step_variant(sys.argv[2], sys.argv[3])))
         return
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("embedded", "tiny"), default="embedded")
+    args = parser.parse_args()
+    print(f"model: {args.model}; {STEPS - WARMUP} timed steps of batch {BATCH} after {WARMUP} warm-up steps")
     results = {}
     for variant in ("frozen_lm", "all_trainable"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant], env=ENV, check=True,
+        out = subprocess.run([sys.executable, __file__, "--variant", variant, args.model], env=ENV, check=True,
                              capture_output=True, text=True)
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[variant]

@@ -267,3 +267,15 @@ def test_ablation_switches_and_placement():
     gated, _ = tiny_flamingo()
     # Without tanh gates the images act from the start.
     assert (ungated(**batch).logits - gated(**batch).logits).abs().max() > 1e-4
+
+
+def test_unfrozen_vision_encoder_gets_gradients():
+    model, proc = tiny_flamingo()
+    for p in model.vision.parameters():
+        p.requires_grad_(True)
+    batch = proc([TEXT], [images(2)])
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None for p in model.vision.parameters())
+    frozen, proc = tiny_flamingo()
+    frozen(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is None for p in frozen.vision.parameters())

@@ -115,7 +115,9 @@ class Flamingo(nn.Module):
                              f"got shape {tuple(pixel_values.shape)}")
         B, T, Fr = pixel_values.shape[:3]
         vision_dtype = next(self.vision.parameters(), torch.empty(0)).dtype
-        with torch.no_grad():
+        # A frozen encoder builds no graph; one unfrozen for fine-tuning gets its gradients.
+        tune_vision = any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(tune_vision and torch.is_grad_enabled()):
             feats = self.vision(pixel_values.flatten(0, 2).to(vision_dtype))  # (B*T*F, N, D)
         feats = feats.reshape(B, T, Fr, *feats.shape[1:])  # (B, T, F, N, D)
         proj_dtype = next(self.resampler.parameters()).dtype
