@@ -192,7 +192,7 @@ def _training_curve(metrics: Path, png: Path) -> dict[str, Any]:
         ax.plot(*zip(*held_out), "k-o", label="held-out pairs")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("next-token loss (nats)")
-    ax.set_title("Flamingo on the synthetic world (frozen SmolLM2 + EfficientNet-Lite0)")
+    ax.set_title("Flamingo, frozen SmolLM2 + EfficientNet-Lite0", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png)
