@@ -77,3 +77,13 @@ def test_loss_ignores_masked_targets():
     expected = -logp[keep].gather(-1, target[keep].unsqueeze(-1)).mean()
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert keep.sum() == 4  # "a", " ", "b", <|endofchunk|>
+
+
+def test_misspelt_arguments_are_not_ignored():
+    model, processor = tiny_flamingo()
+    batch = processor(["<image>a"], [images(1)], padding_side="left")
+    with pytest.raises(TypeError, match="unexpected arguments: pixel_value"):
+        model(batch["input_ids"], pixel_value=batch["pixel_values"])
+    with pytest.raises(TypeError, match="unexpected arguments: max_new_token"):
+        model.generate(**batch, max_new_token=3)
+    model(**batch, keys=["k"], kinds=["pair"])  # a collated batch's metadata is accepted

@@ -109,10 +109,13 @@ def generate(
     generator: torch.Generator | None = None,
     document_ids: torch.Tensor | None = None,
     cache=None,
-    **_: object,
+    **extra: object,
 ) -> torch.Tensor:  # (B, L + new)
     """``cache``: a :class:`FlamingoCache` of B rows that the prompts continue (e.g. demonstrations encoded once);
     it is consumed (its LM KV cache grows in place): pass a copy to keep it."""
+    from frozenvl.flamingo.model import check_extra_arguments
+
+    check_extra_arguments("generate", extra)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_beams < 1:

@@ -135,8 +135,9 @@ class Flamingo(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         media: torch.Tensor | None = None,  # precomputed visual tokens instead of pixel_values
-        **_: object,
+        **extra: object,
     ) -> FlamingoOutput:
+        check_extra_arguments("Flamingo.forward", extra)
         B, L = input_ids.shape
         device = input_ids.device
         if attention_mask is None:
@@ -264,6 +265,17 @@ class Flamingo(nn.Module):
                          vision=vision if vision is not None else config.vision)
         model.load_trainable(load_file(str(path / WEIGHTS_NAME)))
         return model
+
+
+# Non-tensor fields a data collator adds to a batch (frozenvl.data.FlamingoCollator), so model(**batch) works.
+BATCH_METADATA = frozenset({"keys", "kinds"})
+
+
+def check_extra_arguments(where: str, extra: dict) -> None:
+    """A misspelt argument (``pixel_value=``) must not be silently ignored."""
+    unknown = sorted(set(extra) - BATCH_METADATA)
+    if unknown:
+        raise TypeError(f"{where} got unexpected arguments: {', '.join(unknown)}")
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
