@@ -16,3 +16,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+ONE_THREAD_FOLDERS = {"eval", "flame"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only stall each other."""
+    if request.path.parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

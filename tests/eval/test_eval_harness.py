@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from frozenvl.data import WorldConfig, generate_world
@@ -15,14 +14,6 @@ from frozenvl.eval.harness import EvalConfig, FewShotHarness, TaskData, evaluate
 from frozenvl.eval.records import EvalRecord
 from frozenvl.eval.synthetic import synthetic_task_data
 from frozenvl.testing import images, tiny_flamingo
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

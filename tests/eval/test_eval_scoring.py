@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from frozenvl.eval.scoring import FewShotScorer
 from frozenvl.testing import images, tiny_flamingo
@@ -11,14 +10,6 @@ from frozenvl.testing import images, tiny_flamingo
 CONTEXT = "<image>Output:a red cube.<|endofchunk|><image>Output:two blue balls.<|endofchunk|>"
 CANDIDATES = ["red", "a blue cube", "green star", "x", "yellow diamond", "two small purple crosses"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: threads only add contention on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
