@@ -24,7 +24,7 @@ def world(tmp_path_factory):
 
 def load(out, split) -> list[dict]:
     sub = "train" if split in ("pairs", "interleaved", "video") else "eval"
-    return list(ShardDataset(out / sub / f"{split}-*.tar", LoaderConfig(shuffle_shards=False, max_images=8,
+    return list(ShardDataset(out / sub / f"{split}-*.tar", LoaderConfig(shuffle_shards=False, max_images=10,
                                                                        max_tokens=1000)))
 
 
@@ -61,9 +61,32 @@ def test_heldout_compositions_never_in_training(world):
     assert not [t for t in texts for n in names if n in t]
     train_pairs = {(o["colour"], o["shape"]) for s in load(out, "pairs") for o in s["objects"]}
     assert len(train_pairs) == len(COLOURS) * len(SHAPES) - len(HELDOUT)  # all others are seen
+    pages = load(out, "interleaved")
+    shown = {(o["colour"], o["shape"]) for s in pages if s.get("theme") == "words" for o in s["objects"]}
+    assert shown and not shown & set(HELDOUT)  # the one-object pictures of `words` pages too
     heldout = load(out, "heldout")
     assert all(s["heldout"] and (s["colour"], s["shape"]) in HELDOUT for s in heldout)
     assert any(s["heldout"] for s in load(out, "classification"))
+
+
+def test_words_pages_reuse_the_names_they_give(world):
+    out, _ = world
+    pages = [s for s in load(out, "interleaved") if s.get("theme") == "words"]
+    assert len(pages) > 5
+    repeats = 0
+    for page in pages:
+        texts = [e for e in page["elements"] if isinstance(e, str) and any(n in e for n in page["names"])]
+        objects = page["objects"]
+        assert 4 <= len(objects) == len(texts) <= 9 and set(page["names"]) <= set(TRAIN_WORDS)
+        seen: dict[str, str] = {}
+        for obj, chunk in zip(objects, texts):
+            word = next(n for n in page["names"] if n in chunk)
+            value = obj[page["attribute"]]
+            assert page["names"][word] == value  # the text names what the picture shows
+            repeats += word in seen
+            seen[word] = value
+        assert set(seen) == set(page["names"])  # every name is given
+    assert repeats > len(pages)  # later pictures reuse names given earlier: copying them is learnable
 
 
 def _mask(img, colour) -> np.ndarray:
@@ -130,3 +153,18 @@ def test_synth_cli(tmp_path):
     meta = json.loads((tmp_path / "world.json").read_text())
     assert set(meta["splits"]) == {"pairs", "vqa", "icl_words"} and meta["splits"]["icl_words"]["samples"] == 36
     assert meta["heldout_compositions"] == [list(p) for p in HELDOUT]
+
+
+def test_page_themes_weights(tmp_path, capsys):
+    rc = main(["synth", str(tmp_path), "--pairs", "1", "--interleaved", "12", "--video", "1", "--eval", "1",
+               "--episodes", "1", "--splits", "interleaved", "--page-themes", "caption=0", "qa=0", "count=0",
+               "--quiet"])
+    assert rc == 0
+    pages = load(tmp_path, "interleaved")
+    assert len(pages) == 12 and {p["theme"] for p in pages} == {"words"}
+    meta = json.loads((tmp_path / "world.json").read_text())
+    assert meta["config"]["page_themes"] == {"caption": 0.0, "qa": 0.0, "count": 0.0, "words": 1.0}
+    for bad in (["poems=1"], ["words=-1"], ["words"], ["caption=0", "qa=0", "count=0", "words=0"]):
+        assert main(["synth", str(tmp_path / "x"), "--splits", "pairs", "--page-themes", *bad, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "themes" in err, err

@@ -116,3 +116,23 @@ def test_run_stops_after_the_nonfinite_limit(tmp_path, world):
     trainer.close()
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_steps"] for r in records if "nonfinite_steps" in r] == [1, 2]  # logged every step
+
+
+def test_init_from_starts_a_new_run_at_saved_weights(tmp_path, world):
+    from frozenvl.train.config import ConfigError, load_config
+    from frozenvl.train.tasks import build_task
+
+    cfg, path = tiny_config(world, tmp_path / "first", steps=2, checkpoint_every=2)
+    first = train(cfg).checkpoint
+    saved = load_file(str(first / "trainable.safetensors"))
+    fresh = build_task(load_config(path).model).model.trainable_state_dict()
+    assert any(not torch.equal(fresh[n], saved[n]) for n in saved)  # training moved them
+    task = build_task(load_config(path, (f"model.init_from={first}",)).model)
+    for n, t in task.model.trainable_state_dict().items():
+        assert torch.equal(t, saved[n]), n
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        build_task(load_config(path, (f"model.init_from={tmp_path / 'nowhere'}",)).model)
+    with pytest.raises(ValueError, match="init_from .*shape"):
+        build_task(load_config(path, (f"model.init_from={first}", "model.flamingo.num_latents=3")).model)
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config(path, (f"model.init_from={first}", "model.kind=flame"))

@@ -35,6 +35,24 @@ def test_finetuning_groups_have_their_own_learning_rates():
     assert lrs["vision"] == 1e-6 and lrs["adapter"] == 1e-4
 
 
+def test_gate_learning_rate_applies_to_the_gates_only():
+    model, _ = tiny_flamingo()
+    gates = {n for n, _ in model.named_parameters() if n.endswith(("attn_gate.alpha", "ff_gate.alpha"))}
+    assert gates
+    opt = build_optimizer(model.named_parameters(), OptimConfig(lr=1e-4, gate_lr=1e-2))
+    lr_of = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    assert {n for n, lr in lr_of.items() if lr == 1e-2} == gates
+    assert all(lr == 1e-4 for n, lr in lr_of.items() if n not in gates)
+    # One step moves a gate by about gate_lr (Adam's first step is lr * sign(grad)), the rest by about lr.
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    ids = torch.tensor([[model.image_token_id, 5, 6, 7, 8]])
+    model(ids, pixel_values=torch.stack(images(1)).unsqueeze(0), labels=ids).loss.backward()
+    opt.step()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(abs(moved[n] - 1e-2) < 1e-3 for n in gates), {n: moved[n] for n in gates}
+    assert max(v for n, v in moved.items() if n not in gates) < 2e-4
+
+
 def test_schedule_warmup_then_cosine():
     cfg = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
     assert [lr_factor(s, cfg, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -50,12 +50,15 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 # Nonsense label words: pages of the training set use the first pool, icl_words episodes only the second.
 TRAIN_WORDS = ("dax", "wug", "fep", "blicket", "toma", "zup", "kiki", "gazzer", "modi", "tufa", "lorp", "bix")
 EVAL_WORDS = ("zorb", "quiv", "mib", "snerg", "yark", "veem", "glim", "crad", "prell", "noff", "jibb", "sarn")
+# How a `words` page names a picture; "Output:{word}" is also the few-shot classification prompt's format.
+WORD_FORMATS = ("This is a {word}.", "Output:{word}", "A {word}.", "Name: {word}.")
 # Colour i with shape i+1: every colour and every shape still appears in training, in other pairings.
 HELDOUT = tuple((c, SHAPES[(i + 1) % len(SHAPES)]) for i, c in enumerate(COLOURS))
 
 SPLIT_IDS = {"pairs": 1, "interleaved": 2, "video": 3, "captioning": 11, "vqa": 12, "classification": 13,
              "retrieval": 14, "video_qa": 15, "icl_words": 16, "heldout": 17}
 TRAIN_SPLITS = ("pairs", "interleaved", "video")
+PAGE_THEMES = ("caption", "qa", "count", "words")
 EVAL_SPLITS = ("captioning", "vqa", "classification", "retrieval", "video_qa", "icl_words", "heldout")
 
 
@@ -77,6 +80,8 @@ class WorldConfig:
     fps: float = 1.0
     single_image_page_prob: float = 0.2
     noisy_image_prob: float = 0.1  # interleaved: an image whose text belongs to another scene (low similarity)
+    # interleaved: relative frequency of each page theme (words pages teach in-context naming)
+    page_themes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PAGE_THEMES, 1.0))
     workers: int = 1
     splits: tuple[str, ...] = field(default_factory=lambda: TRAIN_SPLITS + EVAL_SPLITS)
 
@@ -89,6 +94,11 @@ class WorldConfig:
         if not 2 <= self.n_way <= min(len(SHAPES), len(COLOURS), len(EVAL_WORDS)):
             raise ValueError(f"n_way must be in [2, {len(SHAPES)}], got {self.n_way}")
         self.splits = tuple(self.splits)
+        unknown = set(self.page_themes) - set(PAGE_THEMES)
+        weights = list(self.page_themes.values())
+        if unknown or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(f"page_themes must map themes of {PAGE_THEMES} to weights >= 0, not all 0; "
+                             f"got {self.page_themes}")
 
 
 @dataclass
@@ -282,22 +292,20 @@ class World:
 
     def _page(self, key: str, rng: np.random.Generator) -> RawSample:
         """A page of one theme: each image followed by its text; pages teach the model to follow a format."""
-        theme = ("caption", "qa", "count", "words")[int(rng.integers(4))]
+        weights = np.array([self.cfg.page_themes.get(t, 0.0) for t in PAGE_THEMES], dtype=float)
+        theme = PAGE_THEMES[int(rng.choice(len(PAGE_THEMES), p=weights / weights.sum()))]
+        if theme == "words":
+            return self._words_page(key, rng)
         n_images = 1 if rng.random() < self.cfg.single_image_page_prob else int(rng.integers(2, 6))
         texts: list[str | None] = []
         images: list[Image.Image | None] = []
         sims: list[float | None] = []
         intro = {"caption": "Pictures of shapes with their descriptions.", "qa": "A quiz about shapes.",
-                 "count": "Count the shapes in each picture.",
-                 "words": "Each kind of shape has a name on this page."}[theme]
+                 "count": "Count the shapes in each picture."}[theme]
         if rng.random() < 0.5:
             texts.append(intro), images.append(None), sims.append(None)
-        attribute = ("shape", "colour")[int(rng.integers(2))]
-        values = list(SHAPES if attribute == "shape" else COLOURS)
-        words = dict(zip(values, rng.permutation(TRAIN_WORDS)[: len(values)].tolist()))
         for _ in range(n_images):
-            n_obj = 1 if theme == "words" else None
-            objs, img, bg = self.scene(rng, n_obj)
+            objs, img, bg = self.scene(rng)
             noisy = rng.random() < self.cfg.noisy_image_prob
             described = sample_objects(rng, len(objs), False) if noisy else objs  # noisy: another scene's text
             if theme == "caption":
@@ -305,16 +313,50 @@ class World:
             elif theme == "qa":
                 q, a, _ = vqa_pair(described, rng)
                 text = f"Question: {q} Answer: {a}."
-            elif theme == "count":
+            else:
                 n = len(described)
                 text = f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {'shape' if n == 1 else 'shapes'}."
-            else:
-                value = getattr(described[0], attribute)
-                text = f"This is a {words[value]}."
             texts += [None, text]
             images += [img, None]
             sims += [float(rng.uniform(0.05, 0.15) if noisy else rng.uniform(0.25, 0.4)), None]
         return interleaved_sample(key, texts, images, similarities=sims, extra={"theme": theme},
+                                  image_format=self.cfg.image_format)
+
+    def _words_page(self, key: str, rng: np.random.Generator) -> RawSample:
+        """A page that names 2-3 kinds of shape (or colour) with nonsense words drawn for this page only, then
+        shows more of them: 4-9 one-object pictures, so later pictures reuse names given earlier on the page.
+        The only way to predict a repeated name is to find the earlier picture of the same kind - the skill the
+        ``icl_words`` episodes test, with another word pool (``TRAIN_WORDS``) and several text formats."""
+        attribute = ("shape", "colour")[int(rng.integers(2))]
+        pool = list(SHAPES if attribute == "shape" else COLOURS)
+        n_way = int(rng.integers(2, 4))
+        values = [pool[i] for i in rng.choice(len(pool), size=n_way, replace=False)]
+        words = [str(w) for w in rng.choice(TRAIN_WORDS, size=n_way, replace=False)]
+        fmt = WORD_FORMATS[int(rng.integers(len(WORD_FORMATS)))]
+        texts: list[str | None] = []
+        images: list[Image.Image | None] = []
+        if rng.random() < 0.5:
+            texts.append("Each kind of shape has a name on this page."), images.append(None)
+        others = list(COLOURS if attribute == "shape" else SHAPES)
+        objects = []
+        n_images = int(rng.integers(4, 10))
+        # Every name is given at least once; the rest are random repeats, in random order.
+        classes = rng.permutation([*range(n_way), *rng.integers(n_way, size=n_images - n_way).tolist()])
+        for cls in classes.tolist():
+            while True:  # training pages never show a held-out colour+shape composition
+                other = others[int(rng.integers(len(others)))]
+                colour, shape = (other, values[cls]) if attribute == "shape" else (values[cls], other)
+                if (colour, shape) not in HELDOUT:
+                    break
+            obj = Obj(colour, shape, str(rng.choice(list(SIZES))), int(rng.integers(9)))
+            img, _ = render_scene([obj], rng, self.cfg.image_size)
+            objects.append(asdict(obj))
+            texts += [None, fmt.format(word=words[cls])]
+            images += [img, None]
+        sims = [None if im is None else float(rng.uniform(0.25, 0.4)) for im in images]
+        return interleaved_sample(key, texts, images, similarities=sims,
+                                  extra={"theme": "words", "attribute": attribute, "names": dict(zip(words, values)),
+                                         "objects": objects},
                                   image_format=self.cfg.image_format)
 
     def _video(self, key: str, rng: np.random.Generator, split: str, allow_heldout: bool) -> RawSample:

@@ -52,6 +52,9 @@ class ModelConfig:
     lm_lr: float | None = None  # None: optim.lr
     vision_lr: float | None = None
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in the backward pass
+    # kind "flamingo": start from the trainable weights of a saved Flamingo (save_pretrained folder or a training
+    # checkpoint), e.g. a second training stage; the architecture in `flamingo` must match it
+    init_from: str | None = None
     # kind "flame": FlameTaskOptions fields (store, preset, image_size, vision, head_hidden, loss, sampled_facets);
     # kind "clip_baseline": ClipBaselineTaskOptions fields (the same image tower + text, tokenizer, caption, ...).
     flame: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +63,8 @@ class ModelConfig:
     def validate(self, where: str = "model") -> None:
         _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
         _choice(f"{where}.lm_init", self.lm_init, ("pretrained", "random"))
+        if self.init_from is not None and self.kind != "flamingo":
+            raise ConfigError(f"{where}.init_from is for model.kind flamingo, not {self.kind!r}")
         if self.kind in ("flame", "clip_baseline"):
             from frozenvl.flame.task import ClipBaselineTaskOptions, FlameTaskOptions
 
@@ -141,9 +146,14 @@ class OptimConfig:
     schedule: str = "constant"  # after warmup: "constant" | "cosine" (down to min_lr_ratio * lr at train.steps)
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0  # max global grad norm, applied once per optimizer step; None: no clipping
+    # Learning rate of the tanh-gate scalars of the cross-attention blocks (None: lr). They start at 0 and an
+    # AdamW step moves each by about lr, so at small lr they open slowly; a larger gate_lr opens them sooner.
+    gate_lr: float | None = None
 
     def validate(self, where: str = "optim") -> None:
         _positive(f"{where}.lr", self.lr)
+        if self.gate_lr is not None:
+            _positive(f"{where}.gate_lr", self.gate_lr)
         _positive(f"{where}.weight_decay", self.weight_decay, allow_zero=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas must be two numbers in [0, 1); got {self.betas!r}")

@@ -28,9 +28,12 @@ def decays(name: str, param: torch.Tensor) -> bool:
 
 
 def _component(name: str) -> str:
-    """'vision', 'lm' (frozen-LM weights unfrozen by fine-tuning) or 'adapter' (the Flamingo parts)."""
+    """'vision', 'lm' (frozen-LM weights unfrozen by fine-tuning), 'gate' (the tanh-gate scalars of the
+    cross-attention blocks) or 'adapter' (the other Flamingo parts)."""
     if name.startswith("vision."):
         return "vision"
+    if ".xattn." in name and name.endswith("_gate.alpha"):
+        return "gate"
     is_adapter = (".xattn." in name or name.startswith(("resampler.", "vision_proj."))
                   or name.endswith(("new_weight", "new_bias")))
     return "adapter" if is_adapter else "lm"
@@ -39,7 +42,8 @@ def _component(name: str) -> str:
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], optim: OptimConfig,
                  model: ModelConfig | None = None) -> list[dict]:
     """AdamW groups: (component x decay) with per-component learning rates. Frozen parameters are left out."""
-    lrs = {"adapter": optim.lr, "lm": optim.lr, "vision": optim.lr}
+    lrs = {"adapter": optim.lr, "lm": optim.lr, "vision": optim.lr,
+           "gate": optim.gate_lr if optim.gate_lr is not None else optim.lr}
     if model is not None:
         lrs["lm"] = model.lm_lr if model.lm_lr is not None else optim.lr
         lrs["vision"] = model.vision_lr if model.vision_lr is not None else optim.lr

@@ -14,6 +14,7 @@ Contract of a task:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -70,6 +71,8 @@ class FlamingoTask:
         self.model, self.processor = build(lm=lm, tokenizer=tokenizer, vision=_load_vision(config.vision),
                                            **config.flamingo)
         self.model.config.lm, self.model.config.vision = config.lm, config.vision  # sources, not "<instance>"
+        if config.init_from is not None:
+            self._init_from(config.init_from)
         for p in self.model.lm.parameters():
             if config.train_lm:
                 p.requires_grad_(True)
@@ -83,6 +86,21 @@ class FlamingoTask:
         self.collate = FlamingoCollator(self.processor)
         self.tokenizer = tokenizer
         self.max_length = self.processor.max_length
+
+    def _init_from(self, folder: str) -> None:
+        """Trainable weights of a saved Flamingo; a missing folder or a different architecture is an error."""
+        from safetensors.torch import load_file
+
+        from frozenvl.flamingo.model import WEIGHTS_NAME
+
+        weights = Path(folder) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"model.init_from: {weights} not found (expected a Flamingo folder written by "
+                                    "save_pretrained or a training checkpoint)")
+        try:
+            self.model.load_trainable(load_file(str(weights)))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"model.init_from {folder}: {e}") from None
 
     def token_counter(self, text: str) -> int:
         """Tokens the processor will produce (its BOS/EOS included), for the loader's exact length limits."""
