@@ -148,6 +148,27 @@ def stage_fewshot(out: Path, world: Path, checkpoint: Path, plan: DemoPlan) -> d
     return summaries
 
 
+def stage_image_reliance(out: Path, world: Path, checkpoint: Path, n: int = 32) -> dict[str, float]:
+    """Held-out pair loss with the right images vs rolled (wrong) ones: does the trained Flamingo look?"""
+    from frozenvl.data import FlamingoCollator, LoaderConfig, ShardDataset
+    from frozenvl.eval.reliance import image_reliance
+    from frozenvl.flamingo import load_pretrained
+
+    path = out / "fewshot" / "image_reliance.json"
+    if path.exists():
+        _say(f"[3/5] image reliance: reusing {path}")
+        return json.loads(path.read_text())
+    model, processor = load_pretrained(checkpoint)
+    held_out = sorted((world / "train").glob("pairs-*.tar"))[0]  # never trained on (see flamingo_run_config)
+    samples = [s for _, s in zip(range(n), ShardDataset(held_out, LoaderConfig(shuffle_shards=False)))]
+    result = image_reliance(model, FlamingoCollator(processor)(samples)).as_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    _say(f"[3/5] image reliance: held-out pair loss {result['right']:.3f} with the right images, "
+         f"{result['shuffled']:.3f} with wrong ones")
+    return result
+
+
 def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
     """FLAME (frozen SmolLM2 facet embeddings) vs the CLIP baseline: same image tower, data and steps."""
     from frozenvl.flame.compare import ComparisonConfig, format_table, headline, run_comparison
@@ -206,7 +227,7 @@ def _score(summary: dict, shots: int) -> float | None:
 
 
 def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str, Any], flame: dict[str, Any],
-                 timings: dict[str, float]) -> Path:
+                 timings: dict[str, float], reliance: dict[str, float] | None = None) -> Path:
     curve = _training_curve(checkpoint.parent.parent / "metrics.jsonl", out / "training_curve.png")
     held = curve["held_out_loss"]
     lines = [
@@ -242,6 +263,14 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
               "episode's demonstrations define (chance: 33.3); `synth_captioning`: CIDEr. 0 shots = two text-only "
               "demonstrations.", ""]
     lines += [f"![{task}](fewshot/{task}.png)" for task in fewshot] + [""]
+    if reliance is not None:
+        verdict = ("the images lower the loss" if reliance["gain"] > 0.01 else
+                   "the images make next to no difference: the model has learned the captions' text, not to look, "
+                   "and few-shot captions then copy a demonstration")
+        lines += ["## Does it look at the images?", "",
+                  f"Held-out pair loss over {reliance['samples']} samples: {reliance['right']:.3f} with the right "
+                  f"images, {reliance['shuffled']:.3f} with each text given another sample's image, "
+                  f"{reliance['zero']:.3f} with blank images (gain {reliance['gain']:.4f} nats/token): {verdict}.", ""]
     lines += ["## FLAME vs CLIP baseline", "",
               "The same ViT image tower trained from scratch against FLAME's frozen-SmolLM2 facet embeddings (computed "
               "once, offline) and, as the baseline, CLIP-style against a small text transformer trained from scratch; "
@@ -252,7 +281,7 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
     report.write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps({
         "plan": asdict(plan), "checkpoint": str(checkpoint), "held_out_loss": held,
-        "fewshot": fewshot, "flame": flame, "seconds": timings,
+        "fewshot": fewshot, "image_reliance": reliance, "flame": flame, "seconds": timings,
     }, indent=2, default=str) + "\n")
     return report
 
@@ -271,7 +300,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     world = timed("world", stage_world, out, plan)
     checkpoint = timed("flamingo training", stage_flamingo, out, world, plan)
     fewshot = timed("few-shot evaluation", stage_fewshot, out, world, checkpoint, plan)
+    reliance = timed("image reliance", stage_image_reliance, out, world, checkpoint)
     flame = timed("FLAME", stage_flame, out, plan)
-    report = write_report(out, plan, checkpoint, fewshot, flame, timings)
+    report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance)
     _say(f"[5/5] report: {report}  (total {sum(timings.values()) / 60:.1f} min)")
     return report
