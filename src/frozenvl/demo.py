@@ -14,8 +14,10 @@ Stages (each is skipped when its output already exists, so a re-run reuses what 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +67,14 @@ def stage_world(out: Path, plan: DemoPlan) -> Path:
     return world
 
 
+def _pair_shards(world: Path) -> list[str]:
+    """The world's pair shards in order; the first is held out of the demo's Flamingo training."""
+    return sorted(str(p) for p in (world / "train").glob("pairs-*.tar"))
+
+
 def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str, Any]:
     """The run config of the demo's Flamingo: written beside the run, loadable with ``frozenvl train``."""
-    pairs = sorted(str(p) for p in (world / "train").glob("pairs-*.tar"))
+    pairs = _pair_shards(world)
     return {
         "model": {
             "lm": "embedded:smollm2-135m",
@@ -121,26 +128,24 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
     return Path(result.checkpoint)
 
 
-def stage_fewshot(out: Path, world: Path, checkpoint: Path, plan: DemoPlan) -> dict[str, Any]:
+def stage_fewshot(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], plan: DemoPlan
+                  ) -> dict[str, Any]:
+    """``trained()``: the trained Flamingo and its processor (loaded on first use, shared between stages)."""
     from frozenvl.eval.harness import EvalConfig, evaluate
     from frozenvl.eval.results import EvalResults
     from frozenvl.eval.synthetic import synthetic_task_data
     from frozenvl.eval.tasks import get_task
-    from frozenvl.flamingo import load_pretrained
 
     fewshot = out / "fewshot"
     tasks = {"synth_icl_words": plan.icl_queries, "synth_captioning": plan.caption_queries}
     summaries: dict[str, Any] = {}
-    model = processor = None
     for i, (task, limit) in enumerate(tasks.items()):
         path = fewshot / f"{task}.json"
         if path.exists():
             _say(f"[3/5] few-shot {task}: reusing {path}")
             summaries[task] = EvalResults.load(path).summary()
             continue
-        if model is None:
-            model, processor = load_pretrained(checkpoint)
-            model.eval()
+        model, processor = trained()
         _say(f"[3/5] few-shot {task}: {limit} queries at {list(plan.shots)} shots ...")
         output = evaluate(model, processor, get_task(task), synthetic_task_data(task, world),
                           EvalConfig(shots=plan.shots, trials=1, seed=i, limit=limit), out_dir=fewshot)
@@ -148,18 +153,18 @@ def stage_fewshot(out: Path, world: Path, checkpoint: Path, plan: DemoPlan) -> d
     return summaries
 
 
-def stage_image_reliance(out: Path, world: Path, checkpoint: Path, n: int = 32) -> dict[str, float]:
+def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], n: int = 32
+                         ) -> dict[str, float]:
     """Held-out pair loss with the right images vs rolled (wrong) ones: does the trained Flamingo look?"""
     from frozenvl.data import FlamingoCollator, LoaderConfig, ShardDataset
     from frozenvl.eval.reliance import image_reliance
-    from frozenvl.flamingo import load_pretrained
 
     path = out / "fewshot" / "image_reliance.json"
     if path.exists():
         _say(f"[3/5] image reliance: reusing {path}")
         return json.loads(path.read_text())
-    model, processor = load_pretrained(checkpoint)
-    held_out = sorted((world / "train").glob("pairs-*.tar"))[0]  # never trained on (see flamingo_run_config)
+    model, processor = trained()
+    held_out = _pair_shards(world)[0]
     samples = [s for _, s in zip(range(n), ShardDataset(held_out, LoaderConfig(shuffle_shards=False)))]
     result = image_reliance(model, FlamingoCollator(processor)(samples)).as_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,8 +304,17 @@ def run_demo(out: Path, quick: bool = False) -> Path:
 
     world = timed("world", stage_world, out, plan)
     checkpoint = timed("flamingo training", stage_flamingo, out, world, plan)
-    fewshot = timed("few-shot evaluation", stage_fewshot, out, world, checkpoint, plan)
-    reliance = timed("image reliance", stage_image_reliance, out, world, checkpoint)
+
+    @functools.cache
+    def trained() -> tuple[Any, Any]:  # the trained Flamingo, loaded once and only if a stage needs it
+        from frozenvl.flamingo import load_pretrained
+
+        model, processor = load_pretrained(checkpoint)
+        return model.eval(), processor
+
+    fewshot = timed("few-shot evaluation", stage_fewshot, out, world, trained, plan)
+    reliance = timed("image reliance", stage_image_reliance, out, world, trained)
+    trained.cache_clear()  # free it before FLAME
     flame = timed("FLAME", stage_flame, out, plan)
     report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance)
     _say(f"[5/5] report: {report}  (total {sum(timings.values()) / 60:.1f} min)")

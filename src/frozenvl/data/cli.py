@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-way", type=int, default=3, help="icl_words classes per episode (default 3)")
     s.add_argument("--k-shot", type=int, default=4, help="icl_words support examples per class (default 4)")
     s.add_argument("--page-themes", nargs="+", metavar="THEME=WEIGHT", default=None,
-                   help="relative frequency of interleaved page themes caption, qa, count, words "
+                   help=f"relative frequency of interleaved page themes {', '.join(PAGE_THEMES)} "
                         "(default 1 each; e.g. words=3 for more in-context naming pages)")
     s.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                               shard_size=args.shard_size, n_pairs=args.pairs, n_interleaved=args.interleaved,
                               n_video=args.video, n_eval=args.eval, n_episodes=args.episodes, n_way=args.n_way,
                               k_shot=args.k_shot, frames=args.frames, workers=args.workers,
-                              splits=tuple(args.splits), **_page_themes(args.page_themes))
+                              splits=tuple(args.splits), page_themes=_page_themes(args.page_themes))
             meta = generate_world(args.out, cfg, progress=not args.quiet)
             print(f"wrote the synthetic world to {args.out} in {meta['seconds']:.1f} s")
             return 0
@@ -125,21 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _page_themes(pairs: list[str] | None) -> dict[str, dict[str, float]]:
-    """``["words=3"]`` -> ``{"page_themes": {"caption": 1, "qa": 1, "count": 1, "words": 3}}``."""
-    if not pairs:
-        return {}
-    themes = dict.fromkeys(PAGE_THEMES, 1.0)
-    for pair in pairs:
-        name, sep, weight = pair.partition("=")
+def _page_themes(pairs: list[str] | None) -> dict[str, float]:
+    """``["words=3"]`` -> ``{"words": 3.0}``; WorldConfig checks the names and weights, the rest keep 1."""
+    themes = {}
+    for pair in pairs or []:
+        name, _, weight = pair.partition("=")
         try:
-            themes[name] = float(weight) if sep and name in themes else float("nan")
+            themes[name] = float(weight)  # "words" (no "=") fails here too: float("")
         except ValueError:
-            themes[name] = float("nan")
-        if not themes[name] >= 0:
-            raise ValueError(f"--page-themes: {pair!r} is not THEME=WEIGHT with THEME in {PAGE_THEMES} "
-                             f"and WEIGHT >= 0")
-    return {"page_themes": themes}
+            raise ValueError(f"--page-themes: {pair!r} is not THEME=WEIGHT, e.g. words=3") from None
+    return themes
 
 
 def _inspect(specs: list[str]) -> int:

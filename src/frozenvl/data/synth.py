@@ -80,7 +80,7 @@ class WorldConfig:
     fps: float = 1.0
     single_image_page_prob: float = 0.2
     noisy_image_prob: float = 0.1  # interleaved: an image whose text belongs to another scene (low similarity)
-    # interleaved: relative frequency of each page theme (words pages teach in-context naming)
+    # interleaved: relative frequency of each page theme (words pages teach in-context naming); themes left out: 1
     page_themes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PAGE_THEMES, 1.0))
     workers: int = 1
     splits: tuple[str, ...] = field(default_factory=lambda: TRAIN_SPLITS + EVAL_SPLITS)
@@ -94,11 +94,12 @@ class WorldConfig:
         if not 2 <= self.n_way <= min(len(SHAPES), len(COLOURS), len(EVAL_WORDS)):
             raise ValueError(f"n_way must be in [2, {len(SHAPES)}], got {self.n_way}")
         self.splits = tuple(self.splits)
-        unknown = set(self.page_themes) - set(PAGE_THEMES)
-        weights = list(self.page_themes.values())
-        if unknown or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        # Themes left out keep their default weight of 1.
+        themes = {**dict.fromkeys(PAGE_THEMES, 1.0), **self.page_themes}
+        if set(themes) != set(PAGE_THEMES) or any(not w >= 0 for w in themes.values()) or not sum(themes.values()) > 0:
             raise ValueError(f"page_themes must map themes of {PAGE_THEMES} to weights >= 0, not all 0; "
                              f"got {self.page_themes}")
+        self.page_themes = {t: float(themes[t]) for t in PAGE_THEMES}
 
 
 @dataclass
@@ -236,6 +237,8 @@ class World:
 
     def __init__(self, config: WorldConfig):
         self.cfg = config
+        weights = np.array([config.page_themes[t] for t in PAGE_THEMES])
+        self._theme_p = weights / weights.sum()  # probability of each page theme
 
     def rng(self, split: str, index: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, SPLIT_IDS[split], index])
@@ -292,8 +295,7 @@ class World:
 
     def _page(self, key: str, rng: np.random.Generator) -> RawSample:
         """A page of one theme: each image followed by its text; pages teach the model to follow a format."""
-        weights = np.array([self.cfg.page_themes.get(t, 0.0) for t in PAGE_THEMES], dtype=float)
-        theme = PAGE_THEMES[int(rng.choice(len(PAGE_THEMES), p=weights / weights.sum()))]
+        theme = PAGE_THEMES[int(rng.choice(len(PAGE_THEMES), p=self._theme_p))]
         if theme == "words":
             return self._words_page(key, rng)
         n_images = 1 if rng.random() < self.cfg.single_image_page_prob else int(rng.integers(2, 6))
