@@ -12,19 +12,25 @@ code (``frozenvl.flame.inference`` / ``evaluate``) scores both models unchanged.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozenvl.backbones.cache import atomic_path
 from frozenvl.flame.loss import build_loss
-from frozenvl.flame.model import PRESETS, Block, PatchHead, VisionTransformer, VisionTransformerConfig
+from frozenvl.flame.model import (
+    Block,
+    PatchHead,
+    VisionTransformer,
+    VisionTransformerConfig,
+    override_fields,
+    preset_config,
+    read_model_folder,
+    save_model_folder,
+)
 from frozenvl.flame.simple_tokenizer import EOS, SimpleTokenizer, TokenizerConfig
 
 
@@ -59,17 +65,11 @@ class ClipBaselineConfig:
 def baseline_config(preset: str, embed_dim: int = 576, text: dict | None = None, tokenizer: dict | None = None,
                     **overrides) -> ClipBaselineConfig:
     """The image tower of FLAME preset ``preset`` (same ViT, same head widths) with a trainable text tower."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown FLAME preset {preset!r}; known: {', '.join(PRESETS)}")
-    image = PRESETS[preset](embed_dim)
+    image = preset_config(preset, embed_dim)
     config = ClipBaselineConfig(vision=image.vision, embed_dim=embed_dim, head_hidden=image.head_hidden,
                                 text=TextTransformerConfig(**(text or {})),
                                 tokenizer=TokenizerConfig(**(tokenizer or {})))
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ValueError(f"ClipBaselineConfig has no field {key!r}")
-        setattr(config, key, value)
-    return config
+    return override_fields(config, overrides)
 
 
 class TextTransformer(nn.Module):
@@ -138,24 +138,15 @@ class ClipBaseline(nn.Module):
                              f"unexpected {unexpected[:5]}")
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        with atomic_path(folder) as tmp:
-            tmp.mkdir()
-            (tmp / "config.json").write_text(json.dumps({"model": "clip_baseline", **self.config.to_dict()},
-                                                        indent=1))
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / "model.safetensors")
+        save_model_folder(folder, {"model": "clip_baseline", **self.config.to_dict()}, self)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ClipBaseline:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        data = json.loads((folder / "config.json").read_text())
+        data, weights = read_model_folder(folder, "CLIP-baseline")
         if data.pop("model", None) != "clip_baseline":
             raise ValueError(f"{folder} is not a CLIP-baseline checkpoint")
         model = cls(ClipBaselineConfig.from_dict(data))
-        model.load_state_dict(load_file(folder / "model.safetensors"))
+        model.load_state_dict(weights)
         return model
 
 

@@ -57,16 +57,46 @@ PRESETS = {
 }
 
 
-def flame_config(preset: str, text_dim: int = 576, **overrides) -> FlameConfig:
-    """A named preset (``tiny`` for tests, ``B/16`` for real runs) with optional field overrides."""
+def preset_config(preset: str, text_dim: int) -> FlameConfig:
+    """The FLAME config of a named preset; an unknown name is an error listing the known ones."""
     if preset not in PRESETS:
         raise ValueError(f"unknown FLAME preset {preset!r}; known: {', '.join(PRESETS)}")
-    config = PRESETS[preset](text_dim)
+    return PRESETS[preset](text_dim)
+
+
+def override_fields(config, overrides: dict):
+    """Set existing fields of a config dataclass; an unknown field is an error naming it."""
     for key, value in overrides.items():
         if not hasattr(config, key):
-            raise ValueError(f"FlameConfig has no field {key!r}")
+            raise ValueError(f"{type(config).__name__} has no field {key!r}")
         setattr(config, key, value)
     return config
+
+
+def flame_config(preset: str, text_dim: int = 576, **overrides) -> FlameConfig:
+    """A named preset (``tiny`` for tests, ``B/16`` for real runs) with optional field overrides."""
+    return override_fields(preset_config(preset, text_dim), overrides)
+
+
+# A checkpoint folder of an image-text model: config.json + model.safetensors (every tensor of the state dict).
+def save_model_folder(folder: str | os.PathLike, config: dict, model: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+
+
+def read_model_folder(folder: str | os.PathLike, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a folder written by :func:`save_model_folder`; ``what`` names the expected
+    kind of checkpoint in the error when a file is missing."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} is not a {what} checkpoint (needs config.json and model.safetensors)")
+    return json.loads((folder / "config.json").read_text()), load_file(folder / "model.safetensors")
 
 
 class Block(nn.Module):
@@ -168,20 +198,11 @@ class FlameModel(nn.Module):
                              f"unexpected {unexpected[:5]}")
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        with atomic_path(folder) as tmp:
-            tmp.mkdir()
-            (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / "model.safetensors")
+        save_model_folder(folder, self.config.to_dict(), self)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> FlameModel:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{folder} is not a FLAME checkpoint (needs config.json and model.safetensors)")
-        model = cls(FlameConfig.from_dict(json.loads((folder / "config.json").read_text())))
-        model.load_state_dict(load_file(folder / "model.safetensors"))
+        config, weights = read_model_folder(folder, "FLAME")
+        model = cls(FlameConfig.from_dict(config))
+        model.load_state_dict(weights)
         return model

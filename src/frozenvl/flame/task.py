@@ -20,6 +20,7 @@ from frozenvl.flame.baseline import ClipBaseline, ClipBaselineConfig, baseline_c
 from frozenvl.flame.inference import image_transform
 from frozenvl.flame.model import FlameConfig, FlameModel, VisionTransformerConfig, flame_config
 from frozenvl.flame.store import EmbeddingStore
+from frozenvl.train.tasks import ModelTask
 
 
 @dataclass
@@ -137,7 +138,7 @@ class FlameCollator:
         return {"images": images, "text_embeddings": self._store.get_batch(keys), "keys": keys}
 
 
-class FlameTask:
+class FlameTask(ModelTask):
     """Train a FLAME image tower against a store: ``train(config, task=FlameTask(store, "B/16"))``, or
     ``model.kind: flame`` in the run config (``FlameTask.from_options``)."""
 
@@ -162,9 +163,6 @@ class FlameTask:
     def token_counter(self, text: str) -> int:
         return 0  # the text side is precomputed: no caption is too long for FLAME
 
-    def set_train_mode(self) -> None:
-        self.model.train()
-
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         if batch["images"] is None:
@@ -172,12 +170,6 @@ class FlameTask:
         out = model(batch["images"].to(device), batch["text_embeddings"].to(device))
         n = torch.tensor(len(batch["keys"]), device=device)
         return {"loss": out["loss"], "tokens": n, "samples": n}
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        self.model.save_pretrained(path)
 
 
 class ClipBaselineCollator:
@@ -207,7 +199,7 @@ class ClipBaselineCollator:
         return {"images": images, **tokens, "keys": [s["key"] for s in kept]}
 
 
-class ClipBaselineTask:
+class ClipBaselineTask(ModelTask):
     """The CLIP baseline on the same pairs: ``model.kind: clip_baseline`` (``ClipBaselineTask.from_options``)."""
 
     def __init__(self, config: ClipBaselineConfig, caption_field: str = "caption"):
@@ -223,9 +215,6 @@ class ClipBaselineTask:
     def token_counter(self, text: str) -> int:
         return 0  # captions are cut to the tokenizer's max_length, never skipped
 
-    def set_train_mode(self) -> None:
-        self.model.train()
-
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         if batch["images"] is None:
@@ -233,9 +222,3 @@ class ClipBaselineTask:
         mask = batch["attention_mask"].to(device)
         out = model(batch["images"].to(device), batch["input_ids"].to(device), mask)
         return {"loss": out["loss"], "tokens": mask.sum(), "samples": torch.tensor(len(batch["keys"]), device=device)}
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        self.model.save_pretrained(path)

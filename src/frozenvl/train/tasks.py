@@ -35,6 +35,23 @@ class Task(Protocol):
     def set_train_mode(self) -> None: ...
 
 
+class ModelTask:
+    """What every task does the same way with its bare ``model``: train mode, the names of its trainable
+    parameters, and saving it (its own ``save_pretrained``)."""
+
+    model: nn.Module
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+
+    # Bare-model state, names as in the model's own trainable state dict.
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def save_pretrained(self, path) -> None:
+        self.model.save_pretrained(path)
+
+
 def _load_lm(source: str, init: str):
     """(LM instance, tokenizer) from a source string; ``tiny[:family]`` is frozenvl.testing's tiny random LM."""
     from frozenvl.backbones.language import load_causal_lm
@@ -59,7 +76,7 @@ def _load_vision(source: str):
     return source
 
 
-class FlamingoTask:
+class FlamingoTask(ModelTask):
     """Flamingo's objective on one dataset: the masked next-token NLL (DESIGN.md section 1)."""
 
     def __init__(self, config: ModelConfig):
@@ -134,12 +151,6 @@ class FlamingoTask:
 
         return list(decoder_layers(self.model))
 
-    # Bare-model state, names as in Flamingo.trainable_state_dict.
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def save_pretrained(self, path) -> None:
-        self.model.save_pretrained(path)
 
 
 def build_task(config: ModelConfig) -> Task:
