@@ -33,6 +33,7 @@ class DemoPlan:
     n_eval: int
     n_episodes: int
     flamingo_steps: int
+    pairs_batch: int  # image-caption pairs per step, the visual pathway's main signal
     eval_every: int
     icl_queries: int
     caption_queries: int
@@ -41,11 +42,11 @@ class DemoPlan:
     flame_steps: int
 
 
-FULL = DemoPlan(n_pairs=3000, n_interleaved=600, n_video=300, n_eval=200, n_episodes=40, flamingo_steps=100,
-                eval_every=25, icl_queries=24, caption_queries=8, shots=(0, 4, 8), flame_captions=1000,
-                flame_steps=200)
-QUICK = DemoPlan(n_pairs=300, n_interleaved=60, n_video=30, n_eval=40, n_episodes=6, flamingo_steps=6, eval_every=3,
-                 icl_queries=4, caption_queries=2, shots=(0, 4), flame_captions=60, flame_steps=10)
+FULL = DemoPlan(n_pairs=3000, n_interleaved=600, n_video=300, n_eval=200, n_episodes=40, flamingo_steps=200,
+                pairs_batch=16, eval_every=50, icl_queries=24, caption_queries=8, shots=(0, 4, 8),
+                flame_captions=1000, flame_steps=200)
+QUICK = DemoPlan(n_pairs=300, n_interleaved=60, n_video=30, n_eval=40, n_episodes=6, flamingo_steps=6, pairs_batch=4,
+                 eval_every=3, icl_queries=4, caption_queries=2, shots=(0, 4), flame_captions=60, flame_steps=10)
 
 
 def _say(message: str) -> None:
@@ -86,7 +87,7 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
         "data": {
             "mixing": "accumulate",
             "datasets": [
-                {"name": "pairs", "shards": pairs[1:], "weight": 1.0, "batch_size": 4},
+                {"name": "pairs", "shards": pairs[1:], "weight": 1.0, "batch_size": plan.pairs_batch},
                 {"name": "interleaved", "shards": str(world / "train" / "interleaved-*.tar"), "weight": 1.0,
                  "batch_size": 1, "max_images": 2, "max_tokens": 128, "single_image_drop_prob": 0.5},
                 {"name": "video", "shards": str(world / "train" / "video-*.tar"), "weight": 0.5, "batch_size": 1},
@@ -95,8 +96,12 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
             "eval_batches": 2,
             "shuffle_buffer": 200,
         },
-        "optim": {"lr": 5.0e-4, "weight_decay": 0.1, "warmup_steps": min(10, plan.flamingo_steps // 2),
-                  "schedule": "cosine", "min_lr_ratio": 0.1, "grad_clip": 1.0},
+        # The tanh gates start at 0 and Adam moves a scalar by about its learning rate per step: at lr 5e-4 a
+        # few hundred steps leave them below ~0.1 and the adapters learn the captions' text instead of the
+        # images. A 40x gate learning rate opens them (docs/evaluation.md, "Does the model look?").
+        "optim": {"lr": 5.0e-4, "gate_lr": 2.0e-2, "weight_decay": 0.1,
+                  "warmup_steps": min(10, plan.flamingo_steps // 2), "schedule": "cosine", "min_lr_ratio": 0.1,
+                  "grad_clip": 1.0},
         "train": {"run_dir": str(run_dir), "steps": plan.flamingo_steps, "precision": "fp32", "log_every": 5,
                   "eval_every": plan.eval_every, "checkpoint_every": plan.eval_every, "keep_checkpoints": 2},
     }
@@ -248,7 +253,8 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
         f"- Data: the synthetic world ({plan.n_pairs} image-text pairs, {plan.n_interleaved} interleaved pages, "
         f"{plan.n_video} videos), `world/`.",
         f"- Flamingo: Perceiver Resampler (256-d, 2 layers, 16 latents), gated cross-attention before every 4th LM "
-        f"layer; {plan.flamingo_steps} steps, gradients of the three datasets accumulated before each step.",
+        f"layer; {plan.flamingo_steps} steps ({plan.pairs_batch} pairs + 1 page + 1 video each, gradients "
+        f"accumulated), lr 5e-4, tanh-gate lr 2e-2.",
         "",
         "## Training",
         "",
