@@ -20,9 +20,9 @@ Measurements (2-core CPU) are in docs/evaluation.md ("Does the model look?").
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ import torch
 
 from frozenvl.data import FlamingoCollator, LoaderConfig, ShardDataset
 from frozenvl.data.synth import COLOURS, SHAPES
+from frozenvl.eval.reliance import image_reliance
+from frozenvl.train.config import OptimConfig
+from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 
 
 @dataclass
@@ -39,15 +42,8 @@ class Split:
 
 
 def read_pairs(shards: list[Path], n: int) -> list[dict[str, Any]]:
-    samples: list[dict[str, Any]] = []
-    for shard in shards:
-        for sample in ShardDataset(str(shard), LoaderConfig(shuffle_shards=False)):
-            samples.append(sample)
-            if len(samples) >= n:
-                return samples
-    if not samples:
-        raise ValueError(f"no pair samples in {[str(s) for s in shards]}")
-    return samples
+    """The first ``n`` samples of the shards, in order."""
+    return list(islice(ShardDataset(shards, LoaderConfig(shuffle_shards=False)), n))
 
 
 @torch.no_grad()
@@ -86,29 +82,25 @@ def tokenize(processor: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
     return enc["input_ids"], enc["attention_mask"]  # (B, L), (B, L)
 
 
-@torch.no_grad()
 def held_out_losses(model: Any, processor: Any, split: Split) -> tuple[float, float]:
     """Loss with each caption's own visual tokens, and with the tokens rolled by one sample."""
-    was_training = model.training
-    model.eval()
     ids, mask = tokenize(processor, split.texts)
-    media = visual_tokens(model, split.features)
-    right, rolled = (float(model(ids, attention_mask=mask, media=m, labels=ids).loss)
-                     for m in (media, media.roll(1, dims=0)))
-    model.train(was_training)
-    return right, rolled
+    with torch.no_grad():
+        media = visual_tokens(model, split.features)
+    r = image_reliance(model, {"input_ids": ids, "attention_mask": mask, "media": media})
+    return r.right, r.shuffled
 
 
 def train_adapters(model: Any, processor: Any, train: Split, held: Split, steps: int, batch_size: int, lr: float,
                    gate_lr: float | None, warmup: int = 10, eval_every: int = 50, seed: int = 0,
                    log=print) -> list[dict[str, float]]:
-    """AdamW (weight decay 0.1, none on gates), linear warmup then cosine to 0.1 x; returns the evaluations."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    gates = [p for n, p in named if n.endswith("gate.alpha")]
-    rest = [p for n, p in named if not n.endswith("gate.alpha")]
-    opt = torch.optim.AdamW([{"params": rest, "lr": lr},
-                             {"params": gates, "lr": gate_lr or lr, "weight_decay": 0.0}], weight_decay=0.1)
-    base = [group["lr"] for group in opt.param_groups]
+    """The training engine's optimizer and schedule (AdamW, weight decay 0.1, linear warmup then cosine to
+    0.1 x, gradient clipping 1.0); returns the evaluations."""
+    cfg = OptimConfig(lr=lr, gate_lr=gate_lr, weight_decay=0.1, warmup_steps=warmup, schedule="cosine",
+                      min_lr_ratio=0.1, grad_clip=1.0)
+    opt = build_optimizer(model.named_parameters(), cfg)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("gate.alpha")]
     g = torch.Generator().manual_seed(seed)
     right, rolled = held_out_losses(model, processor, held)
     history = [{"step": 0, "right": right, "rolled": rolled}]
@@ -116,15 +108,13 @@ def train_adapters(model: Any, processor: Any, train: Split, held: Split, steps:
     model.train()
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        scale = min(1.0, step / max(1, warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
-        for group, b in zip(opt.param_groups, base):
-            group["lr"] = b * scale
+        set_lr(opt, lr_factor(step - 1, cfg, steps))
         idx = torch.randint(len(train.texts), (batch_size,), generator=g)
         ids, mask = tokenize(processor, [train.texts[i] for i in idx])
         loss = model(ids, attention_mask=mask, media=visual_tokens(model, train.features[idx]), labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if step % eval_every == 0 or step == steps:
             right, rolled = held_out_losses(model, processor, held)
@@ -163,6 +153,8 @@ def main() -> None:
     t = time.perf_counter()
     train = encode(model, processor, read_pairs(shards[1:], args.train_pairs))
     held = encode(model, processor, read_pairs(shards[:1], args.held_out))
+    if len(held.texts) < 2:
+        raise SystemExit(f"{shards[0]} has fewer than 2 samples to hold out")
     print(f"encoded {len(train.texts)} + {len(held.texts)} images in {time.perf_counter() - t:.0f} s "
           f"(features {tuple(train.features.shape[1:])})")
     if args.oracle:

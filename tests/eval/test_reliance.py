@@ -40,6 +40,18 @@ def test_a_model_trained_to_read_its_images_gains():
     assert after.right < before.right and after.gain > 0.005 > abs(before.gain), (before, after)
 
 
+def test_precomputed_visual_tokens_give_the_same_losses():
+    model, processor = tiny_flamingo(open_gates=True)
+    batch = _batch(processor)
+    from_pixels = image_reliance(model, batch)
+    with torch.no_grad():
+        media = model.encode_media(batch["pixel_values"])  # (B, T_img, n, Dv)
+    tokens = {k: v for k, v in batch.items() if k != "pixel_values"}
+    from_media = image_reliance(model, {**tokens, "media": media})
+    assert abs(from_media.right - from_pixels.right) < 1e-5 and abs(from_media.shuffled - from_pixels.shuffled) < 1e-5
+    assert from_media.gain != 0.0
+
+
 def test_needs_two_samples_with_images():
     model, processor = tiny_flamingo()
     with pytest.raises(ValueError, match="at least 2"):

@@ -38,5 +38,5 @@ def test_closed_gates_give_no_gain_and_training_opens_them():
                                 warmup=1, eval_every=2, log=lambda _: None)
     assert [h["step"] for h in history] == [0, 2, 4]
     assert history[0]["right"] == history[0]["rolled"]  # gates at 0: the images cannot matter
-    gates = [float(p) for n, p in model.named_parameters() if n.endswith("gate.alpha")]
+    gates = [float(p.detach()) for n, p in model.named_parameters() if n.endswith("gate.alpha")]
     assert max(abs(a) for a in gates) > 0.01  # Adam moves a gate ~gate_lr per step; lr alone: <= 4e-3

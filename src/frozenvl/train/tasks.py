@@ -152,7 +152,6 @@ class FlamingoTask(ModelTask):
         return list(decoder_layers(self.model))
 
 
-
 def build_task(config: ModelConfig) -> Task:
     """``model.kind``: ``flamingo``, ``flame`` (options in ``model.flame``) or ``clip_baseline``
     (``model.clip_baseline``), the last two from ``frozenvl.flame.task``."""
