@@ -70,6 +70,7 @@ def test_shipped_configs_are_valid():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    for name in ("flamingo_tiny_cpu.yaml", "flamingo_look_cpu.yaml", "openflamingo_3b_like.yaml"):
+    for name in ("flamingo_tiny_cpu.yaml", "flamingo_look_cpu.yaml", "flamingo_icl_cpu.yaml",
+                 "openflamingo_3b_like.yaml"):
         cfg = load_config(root / name)
         assert cfg.data.datasets and cfg.train.steps > 0

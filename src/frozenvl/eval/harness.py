@@ -106,43 +106,10 @@ class FewShotHarness:
         self.features = VisionFeatures(model, processor) if self.config.rices else None
 
     # ------------------------------------------------------------------------------------ demonstrations
-    def _episodes(self, data: TaskData, queries: Sequence[EvalRecord]) -> dict[Any, list[int]]:
-        """Pool indices of each query's demonstration pool: the whole pool, or its own episode's records."""
-        if not data.episodic:
-            return {None: list(range(len(data.pool)))}
-        groups: dict[Any, list[int]] = {}
-        for i, r in enumerate(data.pool):
-            groups.setdefault(r.meta.get("episode"), []).append(i)
-        missing = {q.meta.get("episode") for q in queries} - set(groups)
-        if missing:
-            raise ValueError(f"no demonstrations in the pool for episodes {sorted(missing, key=str)[:5]}")
-        return groups
-
     def select_demos(self, data: TaskData, queries: Sequence[EvalRecord], num: int,
                      trial: int) -> list[list[EvalRecord]]:
-        """``num`` demonstrations per query, from the pool (or the query's episode); RICES puts the most
-        similar last."""
-        groups = self._episodes(data, queries)
-        out: list[list[EvalRecord]] = [[] for _ in queries]
-        by_group: dict[Any, list[int]] = {}
-        for qi, q in enumerate(queries):
-            by_group.setdefault(q.meta.get("episode") if data.episodic else None, []).append(qi)
-        for group, query_indices in by_group.items():
-            pool_indices = groups[group]
-            pool = [data.pool[i] for i in pool_indices]
-            keys = [r.key for r in pool]
-            if self.features is not None:
-                rices = Rices(self.features(pool), keys)
-                group_queries = [queries[qi] for qi in query_indices]
-                picks = rices.select(self.features(group_queries), num, [q.key for q in group_queries])
-                for qi, picked in zip(query_indices, picks):
-                    out[qi] = [pool[i] for i in picked]
-            else:
-                seed = self.config.seed if group is None else _group_seed(self.config.seed, group)
-                sampler = RandomDemos(keys, seed=seed)
-                for qi in query_indices:
-                    out[qi] = [pool[i] for i in sampler.sample(num, trial=trial, query_key=queries[qi].key)]
-        return out
+        """``num`` demonstrations per query (:func:`select_demos` with this run's seed and RICES features)."""
+        return select_demos(data, queries, num, trial, self.config.seed, self.features)
 
     # -------------------------------------------------------------------------------------------- a run
     def run_once(self, spec: TaskSpec, data: TaskData, shots: int, trial: int,
@@ -251,6 +218,44 @@ class FewShotHarness:
             "class_names": len(data.class_names) if data.class_names else None,
             "model": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
         }
+
+
+def _episodes(data: TaskData, queries: Sequence[EvalRecord]) -> dict[Any, list[int]]:
+    """Pool indices of each query's demonstration pool: the whole pool, or its own episode's records."""
+    if not data.episodic:
+        return {None: list(range(len(data.pool)))}
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(data.pool):
+        groups.setdefault(r.meta.get("episode"), []).append(i)
+    missing = {q.meta.get("episode") for q in queries} - set(groups)
+    if missing:
+        raise ValueError(f"no demonstrations in the pool for episodes {sorted(missing, key=str)[:5]}")
+    return groups
+
+
+def select_demos(data: TaskData, queries: Sequence[EvalRecord], num: int, trial: int, seed: int = 0,
+                 features: VisionFeatures | None = None) -> list[list[EvalRecord]]:
+    """``num`` demonstrations per query, from the pool (or the query's episode): random with ``seed`` and
+    ``trial``, or RICES when ``features`` are given (the most similar last)."""
+    groups = _episodes(data, queries)
+    out: list[list[EvalRecord]] = [[] for _ in queries]
+    by_group: dict[Any, list[int]] = {}
+    for qi, q in enumerate(queries):
+        by_group.setdefault(q.meta.get("episode") if data.episodic else None, []).append(qi)
+    for group, query_indices in by_group.items():
+        pool = [data.pool[i] for i in groups[group]]
+        keys = [r.key for r in pool]
+        if features is not None:
+            rices = Rices(features(pool), keys)
+            group_queries = [queries[qi] for qi in query_indices]
+            picks = rices.select(features(group_queries), num, [q.key for q in group_queries])
+            for qi, picked in zip(query_indices, picks):
+                out[qi] = [pool[i] for i in picked]
+        else:
+            sampler = RandomDemos(keys, seed=seed if group is None else _group_seed(seed, group))
+            for qi in query_indices:
+                out[qi] = [pool[i] for i in sampler.sample(num, trial=trial, query_key=queries[qi].key)]
+    return out
 
 
 def _group_seed(seed: int, group: Any) -> int:
