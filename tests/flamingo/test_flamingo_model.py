@@ -279,3 +279,21 @@ def test_unfrozen_vision_encoder_gets_gradients():
     frozen, proc = tiny_flamingo()
     frozen(**batch, labels=batch["input_ids"]).loss.backward()
     assert all(p.grad is None for p in frozen.vision.parameters())
+
+
+def test_cache_select_with_same_media_keeps_the_visual_state_a_gather_would_give():
+    model, proc = tiny_flamingo(open_gates=True)
+    batch = proc(["<image>a cat", "<image>the dog"], [images(1), images(1, seed=1)], padding_side="left")
+    beams = {k: v.repeat_interleave(2, dim=0) for k, v in batch.items() if torch.is_tensor(v)}  # 2 prompts x 2
+    with torch.no_grad():
+        cache = model(**beams, use_cache=True).cache
+    assert cache.xattn_kv  # the keys and values the shortcut keeps
+    within = torch.tensor([1, 1, 3, 2])  # beam reordering never leaves a prompt's rows
+    gathered = copy.deepcopy(cache).select(within)
+    kept = copy.deepcopy(cache).select(within, same_media=True)
+    assert torch.equal(kept.media, gathered.media) and torch.equal(kept.media_docs, gathered.media_docs)
+    for layer, (k, v) in gathered.xattn_kv.items():
+        assert torch.equal(kept.xattn_kv[layer][0], k) and torch.equal(kept.xattn_kv[layer][1], v)
+    assert torch.equal(kept.attention_mask, gathered.attention_mask)
+    across = copy.deepcopy(cache).select(torch.tensor([2, 2, 0, 0]))  # rows of the other prompt: media move
+    assert not torch.equal(across.media, cache.media)

@@ -58,7 +58,9 @@ class _Decoder:
             if self.pixels is not None:
                 self.pixels = self.pixels[index]
             if self.cache is not None:
-                self.cache = self.cache.select(index)
+                # Rows repeat each prompt's images `expand` times; a reorder within those groups moves no image.
+                group = torch.arange(len(index), device=index.device) // self.expand
+                self.cache = self.cache.select(index, same_media=bool((index // self.expand == group).all()))
         one = torch.ones_like(tokens).unsqueeze(1)
         self.ids = torch.cat([self.ids, tokens.unsqueeze(1)], dim=1)
         self.mask = torch.cat([self.mask, one], dim=1)

@@ -45,24 +45,31 @@ class FlamingoCache:
     last_doc: torch.Tensor  # (B,) document id of the last token seen
     xattn_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def select(self, index: torch.Tensor) -> FlamingoCache:
+    def select(self, index: torch.Tensor, same_media: bool = False) -> FlamingoCache:
         """Rows ``index`` of the batch (beam reordering, repeating a prefix for several continuations).
 
         The LM's KV cache is reordered in place: use the returned cache, not this one, afterwards
-        (``copy.deepcopy`` first to keep both).
+        (``copy.deepcopy`` first to keep both). ``same_media=True`` says every row ``i`` already holds the
+        images of row ``index[i]`` (beams of one prompt): the visual tokens and their cross-attention keys and
+        values, the largest part of the cache, are then kept as they are instead of gathered.
         """
         pkv = self.past_key_values
         if not hasattr(pkv, "reorder_cache"):
             raise TypeError(f"the LM's cache {type(pkv).__name__} cannot be reordered")
         pkv.reorder_cache(index)
+        media, media_docs, xattn_kv = self.media, self.media_docs, self.xattn_kv
+        if not same_media:
+            media = None if media is None else media[index]
+            media_docs = media_docs[index]
+            xattn_kv = {k: (kk[index], vv[index]) for k, (kk, vv) in xattn_kv.items()}
         return FlamingoCache(
             past_key_values=pkv,
-            media=None if self.media is None else self.media[index],
-            media_docs=self.media_docs[index],
+            media=media,
+            media_docs=media_docs,
             attention_mask=self.attention_mask[index],
             last_time=self.last_time[index],
             last_doc=self.last_doc[index],
-            xattn_kv={k: (kk[index], vv[index]) for k, (kk, vv) in self.xattn_kv.items()},
+            xattn_kv=xattn_kv,
         )
 
 
