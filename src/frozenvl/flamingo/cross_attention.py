@@ -49,7 +49,19 @@ class MaskedCrossAttention(nn.Module):
         B, L, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, d)
         k, v = kv
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask.attn_bias.to(q.dtype))
+        if mask.image_index is not None:  # one token per row that sees one image: only its n visual tokens
+            n, index = mask.tokens_per_media, mask.image_index
+            if bool((index == index[0]).all()):  # the usual case (every row at its last image): a view, no copy
+                i = int(index[0])
+                k, v = k[:, :, i * n:(i + 1) * n], v[:, :, i * n:(i + 1) * n]  # (B, H, n, d)
+            else:
+                rows = torch.arange(B, device=x.device)
+                k = k.unflatten(2, (-1, n))[rows, :, index]  # (B, H, n, d)
+                v = v.unflatten(2, (-1, n))[rows, :, index]
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        else:
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype),
+                                                 attn_mask=mask.attn_bias.to(q.dtype))
         out = self.to_out(out.transpose(1, 2).reshape(B, L, -1))
         return out * mask.has_media.to(out.dtype)  # exactly zero for tokens that see no image
 

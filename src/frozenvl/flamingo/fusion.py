@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
+from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
 from frozenvl.flamingo.media_mask import MediaMask
 
 
@@ -27,6 +27,23 @@ class VisualContext:
     mask: MediaMask  # for the tokens of the current LM call
     # Cross-attention keys/values per fused layer, computed on first use and reused for every decoding step.
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Keys/values of the first images of ``media``, from an earlier call (a cached prefix): only the images
+    # after them are projected, and appended.
+    past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def keys_values(self, index: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s cross-attention keys/values over all of ``media``: (B, H, T_img*n, d) each."""
+        kv = self.kv.get(index)
+        if kv is None:
+            past = self.past_kv.get(index)
+            if past is None:
+                kv = attn.project_media(self.media)
+            else:
+                seen = past[0].shape[2] // self.media.shape[2]  # images already projected
+                new_k, new_v = attn.project_media(self.media[:, seen:])
+                kv = torch.cat([past[0], new_k], dim=2), torch.cat([past[1], new_v], dim=2)
+            self.kv[index] = kv
+        return kv
 
 
 _ACTIVE: contextvars.ContextVar[VisualContext | None] = contextvars.ContextVar("frozenvl_visual_context",
@@ -61,10 +78,7 @@ class FusedDecoderLayer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         context = _ACTIVE.get()
         if context is not None:
-            kv = context.kv.get(self.index)
-            if kv is None:
-                kv = context.kv[self.index] = self.xattn.attn.project_media(context.media)
-            hidden_states = self.xattn(hidden_states, kv, context.mask)
+            hidden_states = self.xattn(hidden_states, context.keys_values(self.index, self.xattn.attn), context.mask)
         return self.layer(hidden_states, *args, **kwargs)
 
 

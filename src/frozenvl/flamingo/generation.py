@@ -12,7 +12,6 @@ Returns the prompt followed by the new tokens, rows that stopped early padded wi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 class _Decoder:
@@ -51,26 +50,26 @@ class _Decoder:
         return out.logits[:, -1]
 
     def next(self, tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:  # tokens (N,)
+        one = torch.ones_like(tokens).unsqueeze(1)
+        if self.use_cache:  # the cache holds everything: no ids, pixels or masks to carry along
+            if index is not None:
+                # Rows repeat each prompt's images `expand` times; a reorder within those groups moves no image.
+                group = torch.arange(len(index), device=index.device) // self.expand
+                self.cache = self.cache.select(index, same_media=bool((index // self.expand == group).all()))
+            out = self.model(tokens.unsqueeze(1), one, cache=self.cache, use_cache=True, logits_to_keep=1)
+            self.cache = out.cache
+            return out.logits[:, -1]
         if index is not None:
             self.ids, self.mask = self.ids[index], self.mask[index]
             if self.docs is not None:
                 self.docs = self.docs[index]
             if self.pixels is not None:
                 self.pixels = self.pixels[index]
-            if self.cache is not None:
-                # Rows repeat each prompt's images `expand` times; a reorder within those groups moves no image.
-                group = torch.arange(len(index), device=index.device) // self.expand
-                self.cache = self.cache.select(index, same_media=bool((index // self.expand == group).all()))
-        one = torch.ones_like(tokens).unsqueeze(1)
         self.ids = torch.cat([self.ids, tokens.unsqueeze(1)], dim=1)
         self.mask = torch.cat([self.mask, one], dim=1)
         if self.docs is not None:
             self.docs = torch.cat([self.docs, self.docs[:, -1:]], dim=1)
-        if self.use_cache:
-            out = self.model(tokens.unsqueeze(1), one, cache=self.cache, use_cache=True, logits_to_keep=1)
-            self.cache = out.cache
-        else:
-            out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
+        out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
         return out.logits[:, -1]
 
 
@@ -178,6 +177,25 @@ def _greedy_or_sample(model, decoder: _Decoder, B: int, max_new_tokens, do_sampl
     return torch.stack(tokens, dim=1)
 
 
+def _best_continuations(logits: torch.Tensor, beam_scores: torch.Tensor,
+                        banned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2K best (beam, token) continuations of each prompt's K beams, by beam score + log-probability.
+
+    logits (B*K, V), beam_scores (B, K), banned token ids -> scores (B, 2K) and indices ``beam * V + token``
+    (B, 2K), best first. The 2K best of a prompt's K*V candidates are among each beam's 2K most likely tokens,
+    so only those are ranked: no (B, K*V) tensor of all candidates is built.
+    """
+    B, K = beam_scores.shape
+    V = logits.shape[-1]
+    width = min(2 * K, V)
+    scores = logits.float().index_fill(1, banned, float("-inf"))  # (B*K, V)
+    best_logits, best_tokens = scores.topk(width, dim=-1)  # (B*K, width)
+    logp = best_logits - scores.logsumexp(dim=-1, keepdim=True)  # the log-softmax of those tokens
+    cand = (beam_scores.view(-1, 1) + logp).view(B, K * width)
+    top_scores, top_pos = cand.topk(min(2 * K, K * width), dim=1)  # (B, 2K)
+    return top_scores, (top_pos // width) * V + best_tokens.view(B, K * width).gather(1, top_pos)
+
+
 def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_penalty, stops, banned) -> torch.Tensor:
     logits = decoder.first()  # (B*K, V)
     device = logits.device
@@ -188,10 +206,9 @@ def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_pen
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
     done = [False] * B
     stop_set = set(stops)
+    banned_ids = torch.tensor(banned, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
-        logp = F.log_softmax(_process_logits(logits, banned, 1.0, 0, 1.0), dim=-1)  # (B*K, V)
-        cand = (beam_scores.view(-1, 1) + logp).view(B, K * V)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)  # (B, 2K)
+        top_scores, top_idx = _best_continuations(logits, beam_scores, banned_ids)  # (B, 2K) each
         new_scores = torch.full((B, K), float("-inf"), device=device)
         new_beams = torch.zeros((B, K), dtype=torch.long, device=device)
         new_tokens = torch.full((B, K), model.pad_token_id, dtype=torch.long, device=device)

@@ -26,7 +26,7 @@ from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
 from frozenvl.flamingo.loss import IGNORE_INDEX, flamingo_labels
-from frozenvl.flamingo.media_mask import build_media_mask, image_documents, text_time
+from frozenvl.flamingo.media_mask import build_media_mask, image_documents, single_image_mask, text_time
 from frozenvl.flamingo.resampler import build_resampler
 
 WEIGHTS_NAME = "trainable.safetensors"
@@ -162,11 +162,12 @@ class Flamingo(nn.Module):
             chunk_docs = image_documents(input_ids, self.image_token_id, document_ids, new_media.shape[1])
             media_all = new_media if past_media is None else torch.cat([past_media, new_media], dim=1)
             docs_all = chunk_docs if cache is None else torch.cat([cache.media_docs, chunk_docs], dim=1)
-            kv = {}  # new visual tokens: the cross-attention keys/values are recomputed from all media
+            # new visual tokens: their cross-attention keys/values are appended to those of the cached images
+            kv, past_kv = {}, (cache.xattn_kv if past_media is not None else {})
         elif past_media is not None:
-            media_all, docs_all, kv = past_media, cache.media_docs, cache.xattn_kv
+            media_all, docs_all, kv, past_kv = past_media, cache.media_docs, cache.xattn_kv, {}
         else:
-            media_all, docs_all, kv = None, None, {}
+            media_all, docs_all, kv, past_kv = None, None, {}, {}
         if media_all is not None and int(token_time.max()) > media_all.shape[1]:
             raise ValueError(f"the text has {int(token_time.max())} <image> tokens but only "
                              f"{media_all.shape[1]} images were given")
@@ -183,9 +184,13 @@ class Flamingo(nn.Module):
         context = None
         if media_all is not None:
             dtype = media_all.dtype
-            mask = build_media_mask(token_time, document_ids, docs_all, media_all.shape[2],
-                                    self.config.only_attend_immediate, dtype)
-            context = VisualContext(media=media_all, mask=mask, kv=kv)
+            if L == 1 and self.config.only_attend_immediate and media_all.shape[1] > 0:  # a decoding step:
+                # each row's token sees one image at most
+                mask = single_image_mask(token_time[:, 0], document_ids[:, 0], docs_all, media_all.shape[2], dtype)
+            else:
+                mask = build_media_mask(token_time, document_ids, docs_all, media_all.shape[2],
+                                        self.config.only_attend_immediate, dtype)
+            context = VisualContext(media=media_all, mask=mask, kv=kv, past_kv=past_kv)
         with conditioning(context):
             out = self.lm(**lm_kwargs)
         logits = out.logits

@@ -1,0 +1,92 @@
+"""The shortcuts of cached decoding equal the plain computation they replace."""
+
+import torch
+import torch.nn.functional as F
+
+from frozenvl.flamingo.cross_attention import MaskedCrossAttention
+from frozenvl.flamingo.generation import _best_continuations
+from frozenvl.flamingo.media_mask import build_media_mask, single_image_mask
+
+# token_time, token doc, media docs of 4 rows: sees image 3 / image 1 / an image of another document (none) /
+# no image yet (none) / a padding image (none)
+TIME = torch.tensor([3, 1, 2, 0, 3])
+DOCS = torch.tensor([0, 0, 1, 0, 0])
+MEDIA_DOCS = torch.tensor([[0, 0, 0], [0, 0, -1], [0, 0, 0], [0, 0, 0], [0, 0, -1]])
+
+
+def test_single_image_mask_equals_the_full_mask_for_one_token():
+    n = 4
+    full = build_media_mask(TIME.unsqueeze(1), DOCS.unsqueeze(1), MEDIA_DOCS, n, True, torch.float32)
+    one = single_image_mask(TIME, DOCS, MEDIA_DOCS, n, torch.float32)
+    assert one.has_media.view(-1).tolist() == full.has_media.view(-1).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+    allowed = full.attn_bias[:, 0, 0] == 0  # (B, T*n)
+    for b in range(len(TIME)):
+        if one.has_media[b]:  # the named image's n keys are exactly the allowed ones
+            i = int(one.image_index[b])
+            assert allowed[b].nonzero().view(-1).tolist() == list(range(i * n, (i + 1) * n))
+        else:
+            assert not allowed[b].any()
+
+
+def _attend(index_time: torch.Tensor, media_docs: torch.Tensor, docs: torch.Tensor):
+    torch.manual_seed(0)
+    attn = MaskedCrossAttention(dim=32, dim_visual=16, dim_head=8, heads=4).eval()
+    B, T, n = len(index_time), media_docs.shape[1], 5
+    kv = attn.project_media(torch.randn(B, T, n, 16))
+    x = torch.randn(B, 1, 32)
+    full = build_media_mask(index_time.unsqueeze(1), docs.unsqueeze(1), media_docs, n, True, torch.float32)
+    one = single_image_mask(index_time, docs, media_docs, n, torch.float32)
+    with torch.no_grad():
+        return attn(x, kv, full), attn(x, kv, one)
+
+
+def test_cross_attention_over_the_visible_image_equals_the_masked_one():
+    # rows at different images (a gather), including rows that see none (exactly zero)
+    masked, direct = _attend(TIME, MEDIA_DOCS, DOCS)
+    assert torch.allclose(masked, direct, atol=1e-6)
+    assert torch.equal(direct[2:], torch.zeros_like(direct[2:]))
+    assert direct[:2].abs().sum() > 0
+    # every row at the same image (a slice of the keys, no copy)
+    same = torch.full((3,), 2)
+    masked, direct = _attend(same, torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(masked, direct, atol=1e-6)
+
+
+def test_best_continuations_equal_ranking_the_whole_vocabulary():
+    torch.manual_seed(1)
+    B, K, V = 3, 4, 50
+    logits = torch.randn(B * K, V) * 3
+    beam_scores = torch.randn(B, K)
+    beam_scores[0, 1:] = float("-inf")  # the first step: only beam 0 of a prompt is alive
+    banned = torch.tensor([7, 11])
+    logits[:, 7] = 100.0  # a banned token the model prefers must never be chosen
+    scores, index = _best_continuations(logits, beam_scores, banned)
+    # reference: log-softmax over the allowed vocabulary, every (beam, token) ranked
+    ref = logits.clone()
+    ref[:, banned] = float("-inf")
+    cand = (beam_scores.view(-1, 1) + F.log_softmax(ref, dim=-1)).view(B, K * V)
+    ref_scores, ref_index = cand.topk(2 * K, dim=1)
+    assert torch.equal(index, ref_index)
+    assert torch.allclose(scores, ref_scores, atol=1e-5)
+    assert not bool(torch.isin(index % V, banned).any())
+    assert bool((index[0] // V == 0).all())  # dead beams contribute nothing
+
+
+def test_a_continuation_projects_only_its_new_images():
+    from frozenvl.testing import images, tiny_flamingo
+
+    model, proc = tiny_flamingo(open_gates=True)
+    full = proc(["<image>a cat<|endofchunk|><image>a dog<|endofchunk|><image>then a"], [images(3)])
+    ids, pixels = full["input_ids"], full["pixel_values"]
+    cut = int((ids[0] == model.image_token_id).nonzero()[2])  # the prefix holds the first two images
+    shapes = []
+    block = model.lm.model.layers[model.fused_indices[0]].xattn.attn
+    project = block.project_media
+    block.project_media = lambda media: shapes.append(tuple(media.shape[:2])) or project(media)
+    with torch.no_grad():
+        expected = model(ids, pixel_values=pixels).logits
+        prefix = model(ids[:, :cut], pixel_values=pixels[:, :2], use_cache=True)
+        shapes.clear()
+        rest = model(ids[:, cut:], pixel_values=pixels[:, 2:], cache=prefix.cache)
+    assert shapes == [(1, 1)]  # one row, one new image: the cached images' keys/values are reused
+    assert torch.allclose(torch.cat([prefix.logits, rest.logits], dim=1), expected, atol=1e-5)
