@@ -90,3 +90,21 @@ def test_a_continuation_projects_only_its_new_images():
         rest = model(ids[:, cut:], pixel_values=pixels[:, 2:], cache=prefix.cache)
     assert shapes == [(1, 1)]  # one row, one new image: the cached images' keys/values are reused
     assert torch.allclose(torch.cat([prefix.logits, rest.logits], dim=1), expected, atol=1e-5)
+
+
+def test_beam_search_encodes_each_prompt_once_not_once_per_beam():
+    from frozenvl.testing import images, tiny_flamingo
+
+    model, proc = tiny_flamingo(open_gates=True)
+    batch = proc(["<image>a cat<|endofchunk|><image>a", "<image>the dog"], [images(2), images(1, seed=1)],
+                 padding_side="left")
+    rows, vision_rows = [], []
+    forward, encode = model.forward, model.encode_media
+    model.forward = lambda input_ids, *a, **k: rows.append(tuple(input_ids.shape)) or forward(input_ids, *a, **k)
+    model.encode_media = lambda pixels: vision_rows.append(pixels.shape[0]) or encode(pixels)
+    out = model.generate(**batch, max_new_tokens=4, num_beams=3)
+    L = batch["input_ids"].shape[1]
+    assert rows[0] == (2, L) and vision_rows == [2]  # the prompts: 2 rows, not 2 x 3 beams
+    assert all(r == (6, 1) for r in rows[1:]) and len(rows) > 1  # then one token per beam
+    del model.forward, model.encode_media
+    assert torch.equal(out, model.generate(**batch, max_new_tokens=4, num_beams=3, use_cache=False))

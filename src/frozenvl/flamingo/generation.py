@@ -26,6 +26,7 @@ class _Decoder:
         self.ids = rep(input_ids) if expand > 1 else input_ids
         self.mask = rep(attention_mask) if expand > 1 else attention_mask
         self.docs = rep(document_ids) if expand > 1 else document_ids
+        self.prompt_ids, self.prompt_mask, self.prompt_docs = input_ids, attention_mask, document_ids  # (B, L)
         self.prompt_pixels = pixel_values  # (B, ...): encoded once when caching
         self.pixels = rep(pixel_values) if expand > 1 else pixel_values  # per row: what recomputation re-encodes
         self.prefix = prefix
@@ -35,19 +36,17 @@ class _Decoder:
         if not self.use_cache:
             out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
             return out.logits[:, -1]
-        media = None
-        if self.prompt_pixels is not None:  # each prompt's images once, not once per beam
-            media = self.model.encode_media(self.prompt_pixels)
-            if self.expand > 1:
-                media = media.repeat_interleave(self.expand, dim=0)
-        prefix = self.prefix
-        if prefix is not None and self.expand > 1:
-            rows = torch.arange(self.ids.shape[0] // self.expand, device=self.ids.device)
-            prefix = prefix.select(rows.repeat_interleave(self.expand))
-        out = self.model(self.ids, self.mask, media=media, document_ids=None if prefix is not None else self.docs,
-                         cache=prefix, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
-        return out.logits[:, -1]
+        # Each prompt (its images and its tokens) is encoded once, not once per beam: the beams all start from it.
+        media = self.model.encode_media(self.prompt_pixels) if self.prompt_pixels is not None else None
+        out = self.model(self.prompt_ids, self.prompt_mask, media=media,
+                         document_ids=None if self.prefix is not None else self.prompt_docs, cache=self.prefix,
+                         use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]  # (B, V)
+        if self.expand > 1:
+            rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(self.expand)
+            cache, logits = cache.select(rows), logits[rows]  # (B*K, V)
+        self.cache = cache
+        return logits
 
     def next(self, tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:  # tokens (N,)
         one = torch.ones_like(tokens).unsqueeze(1)
