@@ -8,7 +8,9 @@
 Both paths run in one process with the same settings (one torch thread by default: the machines are shared
 2-core boxes, where two threads mostly wait on each other). Both score / generate the same token ids; the script
 checks that they agree (same ranking, scores within 1e-4, same captions). The model is untrained (gates at 0),
-which does not change the cost of a forward.
+which does not change the cost of a forward, but it never ends a caption early: every beam runs all 20 tokens, the
+decoding both paths share is at its longest and the ratio at its lowest. ``--model DIR`` measures a trained
+checkpoint instead (e.g. one from ``configs/flamingo_icl_cpu.yaml``), whose captions end when it says so.
 Demonstrations and queries come from a small synthetic world written to a temporary folder.
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_speed.py``. The last line is the headline figure.
@@ -27,7 +29,7 @@ from frozenvl.data.synth import COLOURS, SHAPES
 from frozenvl.eval import build_prompt, get_task
 from frozenvl.eval.scoring import FewShotScorer
 from frozenvl.eval.synthetic import read_world_split
-from frozenvl.flamingo import build
+from frozenvl.flamingo import build, load_pretrained
 
 
 def class_names(n: int) -> list[str]:
@@ -110,6 +112,8 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--candidate-batch-size", type=int, default=50)
+    parser.add_argument("--model", default=None,
+                        help="a trained Flamingo folder (default: the untrained embedded default)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine, 2 threads stall each other)")
     args = parser.parse_args()
@@ -117,9 +121,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
-    model, processor = build(resampler_dim=256, resampler_depth=2, num_latents=16)
+    if args.model:
+        model, processor = load_pretrained(args.model)
+    else:
+        model, processor = build(resampler_dim=256, resampler_depth=2, num_latents=16)
     model.eval()
-    print(f"embedded default built in {time.perf_counter() - start:.1f} s; torch threads: {torch.get_num_threads()}")
+    print(f"{args.model or 'untrained embedded default'} built in {time.perf_counter() - start:.1f} s; "
+          f"torch threads: {torch.get_num_threads()}")
     scorer = FewShotScorer(model, processor, candidate_batch_size=args.candidate_batch_size)
     with tempfile.TemporaryDirectory() as world:
         generate_world(world, WorldConfig(seed=0, n_eval=24, splits=("captioning", "classification")),

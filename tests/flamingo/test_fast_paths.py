@@ -108,3 +108,82 @@ def test_beam_search_encodes_each_prompt_once_not_once_per_beam():
     assert all(r == (6, 1) for r in rows[1:]) and len(rows) > 1  # then one token per beam
     del model.forward, model.encode_media
     assert torch.equal(out, model.generate(**batch, max_new_tokens=4, num_beams=3, use_cache=False))
+
+
+class _ScriptedDecoder:
+    """Logits that depend only on (prompt, tokens so far): a stand-in for the model that tracks which prompt and
+    history each row holds through beam reorders, so a wrong parent row or a dropped prompt shows in the output."""
+
+    def __init__(self, prompts: list[int], beams: int, vocab: int, stop: int, quick: set[int]):
+        self.prompts, self.beams, self.vocab, self.stop, self.quick = prompts, beams, vocab, stop, quick
+        self.rows: list[tuple[int, tuple[int, ...]]] = []
+        self.widths: list[int] = []
+
+    def _logits(self) -> torch.Tensor:
+        out = []
+        for prompt, history in self.rows:
+            g = torch.Generator().manual_seed(hash((prompt, history)) % (2**31))
+            row = torch.randn(self.vocab, generator=g) * 2
+            row[self.stop] = 10.0 if prompt in self.quick else -10.0  # quick prompts end at once, others never
+            out.append(row)
+        return torch.stack(out)
+
+    def first(self) -> torch.Tensor:
+        self.rows = [(p, ()) for p in self.prompts for _ in range(self.beams)]
+        return self._logits()
+
+    def next(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self.widths.append(len(index))
+        self.rows = [(self.rows[i][0], self.rows[i][1] + (t,)) for i, t in zip(index.tolist(), tokens.tolist())]
+        return self._logits()
+
+
+def test_beam_search_drops_prompts_that_are_done_and_each_prompt_equals_its_run_alone():
+    from types import SimpleNamespace
+
+    from frozenvl.flamingo.generation import _beam_search
+
+    model = SimpleNamespace(pad_token_id=0)
+    K, V, stop = 2, 30, 5
+    for quick in ({0}, {2}, {1}):  # a first, last or middle prompt ends at once
+        decoder = _ScriptedDecoder([0, 1, 2], K, V, stop, quick)
+        together = _beam_search(model, decoder, 3, 6, K, 1.0, [stop], [])
+        # the quick prompt is done once K of its hypotheses ended (step 1: only one beam is alive at step 0)
+        assert decoder.widths[0] == 3 * K and decoder.widths[-1] == 2 * K
+        for p in range(3):
+            alone = _beam_search(model, _ScriptedDecoder([p], K, V, stop, quick), 1, 6, K, 1.0, [stop], [])
+            n = alone.shape[1]
+            assert together[p, :n].tolist() == alone[0].tolist()
+            assert (together[p, n:] == 0).all()
+        assert together[min(quick)].tolist()[0] == stop
+
+
+def test_decoder_rows_can_leave_the_batch():
+    from frozenvl.flamingo.generation import _Decoder
+    from frozenvl.testing import images, tiny_flamingo
+
+    model, proc = tiny_flamingo(open_gates=True)
+    texts = ["<image>a cat<|endofchunk|><image>a", "<image>the dog", "<image>x y"]
+    media = [images(2), images(1, seed=2), images(1, seed=3)]
+    batch = proc(texts, media, padding_side="left")
+    K = 2
+    step = torch.tensor([7, 8, 9, 10, 11, 12])
+    for keep in ([0, 1], [1, 2], [0, 2]):  # the last, the first or the middle prompt leaves
+        with torch.no_grad():
+            decoder = _Decoder(model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None,
+                               True, K)
+            decoder.first()
+            decoder.next(step, torch.tensor([0, 0, 3, 2, 4, 5]))
+            rows = torch.tensor([r for p in keep for r in (p * K, p * K + 1)])
+            together = decoder.next(step[: len(rows)], rows)
+            cache = decoder.cache  # every part of the cache holds the remaining rows only
+            assert cache.media.shape[0] == cache.media_docs.shape[0] == cache.attention_mask.shape[0] == len(rows)
+            assert all(k.shape[0] == len(rows) for k, _ in cache.xattn_kv.values())
+            sub = {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)}
+            alone = _Decoder(model, sub["input_ids"], sub["attention_mask"], sub["pixel_values"], None, True, K)
+            alone.first()
+            parents = torch.tensor([0, 0, 3, 2, 4, 5]).view(3, K)[keep]  # the same parents, renumbered
+            alone.next(step.view(3, K)[keep].reshape(-1), (parents - parents.new_tensor(keep).unsqueeze(1) * K
+                                                           + torch.arange(len(keep)).unsqueeze(1) * K).view(-1))
+            expected = alone.next(step[: len(rows)], torch.arange(len(rows)))
+        assert torch.allclose(together, expected, atol=1e-4)

@@ -52,9 +52,11 @@ class _Decoder:
         one = torch.ones_like(tokens).unsqueeze(1)
         if self.use_cache:  # the cache holds everything: no ids, pixels or masks to carry along
             if index is not None:
-                # Rows repeat each prompt's images `expand` times; a reorder within those groups moves no image.
+                # Rows repeat each prompt's images `expand` times; a reorder within those groups moves no image
+                # (unless rows leave: a prompt that is done).
                 group = torch.arange(len(index), device=index.device) // self.expand
-                self.cache = self.cache.select(index, same_media=bool((index // self.expand == group).all()))
+                same = len(index) == self.cache.media_docs.shape[0] and bool((index // self.expand == group).all())
+                self.cache = self.cache.select(index, same_media=same)
             out = self.model(tokens.unsqueeze(1), one, cache=self.cache, use_cache=True, logits_to_keep=1)
             self.cache = out.cache
             return out.logits[:, -1]
@@ -206,22 +208,21 @@ def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_pen
     done = [False] * B
     stop_set = set(stops)
     banned_ids = torch.tensor(banned, dtype=torch.long, device=device)
+    # The prompts the decoder still holds rows for (K each, in this order): a prompt that is done leaves the batch.
+    active = list(range(B))
     for step in range(max_new_tokens):
-        top_scores, top_idx = _best_continuations(logits, beam_scores, banned_ids)  # (B, 2K) each
+        top_scores, top_idx = _best_continuations(logits, beam_scores[active], banned_ids)  # (A, 2K) each
         new_scores = torch.full((B, K), float("-inf"), device=device)
-        new_beams = torch.zeros((B, K), dtype=torch.long, device=device)
+        new_beams = torch.arange(K, device=device).repeat(B, 1)  # (B, K); a done prompt's rows stay put
         new_tokens = torch.full((B, K), model.pad_token_id, dtype=torch.long, device=device)
         gen_len = step + 1
-        for b in range(B):
-            if done[b]:
-                new_beams[b] = torch.arange(K, device=device)
-                continue
+        for a, b in enumerate(active):
             slot = 0
-            for rank in range(2 * K):
-                score = float(top_scores[b, rank])
+            for rank in range(top_scores.shape[1]):
+                score = float(top_scores[a, rank])
                 if score == float("-inf"):
                     break
-                beam, token = divmod(int(top_idx[b, rank]), V)
+                beam, token = divmod(int(top_idx[a, rank]), V)
                 if token in stop_set:
                     if rank < K:  # a stop among the K best candidates closes a hypothesis
                         hyp = torch.cat([seqs[b * K + beam], torch.tensor([token], device=device)])
@@ -240,7 +241,11 @@ def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_pen
         beam_scores = new_scores
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = decoder.next(new_tokens.view(-1), index)
+        keep = [a for a, b in enumerate(active) if not done[b]]  # positions in the decoder's rows
+        active = [active[a] for a in keep]
+        prompts = torch.tensor(active, device=device)
+        rows = (torch.tensor(keep, device=device).unsqueeze(1) * K + new_beams[prompts]).view(-1)  # decoder rows
+        logits = decoder.next(new_tokens[prompts].view(-1), rows)
     gen_len = seqs.shape[1]
     outputs = []
     for b in range(B):
