@@ -30,6 +30,20 @@ def test_candidates_cached_equal_uncached(scorer):
     assert max(abs(a - b) for a, b in zip(cached, other)) > 1e-4
 
 
+def test_text_only_demonstrations_cached_equal_uncached(scorer):
+    """The 0-shot prompt: demonstrations without images, then a query with one."""
+    context = "Output:a red cube.<|endofchunk|>Output:two blue balls.<|endofchunk|>"
+    imgs = images(3, seed=7)
+    prefix = scorer.encode_prefix(context, [])
+    cached = scorer.score_candidates(prefix, "<image>Output:", [imgs[0]], CANDIDATES)
+    plain = scorer.score_candidates_uncached(context, [], "<image>Output:", [imgs[0]], CANDIDATES)
+    assert max(abs(a - b) for a, b in zip(cached, plain)) <= 1e-4
+    queries = ["<image>Output:", "<image>Question:what is it? Short answer:"]
+    media = [[imgs[1]], [imgs[2]]]
+    assert (scorer.generate_ids(prefix, queries, media, max_new_tokens=6, num_beams=3)
+            == scorer.generate_ids_uncached(context, [], queries, media, max_new_tokens=6, num_beams=3))
+
+
 def test_prefix_is_reusable(scorer):
     """Scoring continues a copy: the prefix's KV cache must not grow or be reordered by a query."""
     imgs = images(4, seed=2)

@@ -59,6 +59,22 @@ def test_changing_image_k_changes_nothing_before_it():
     assert (base[0, first:] - both[0, first:]).abs().max() > 1e-4
 
 
+def test_text_before_an_image_does_not_depend_on_the_image_being_there():
+    """Not its content (above), nor its presence: the text alone gives the same outputs as the text followed by
+    an image (the dense FFW acts on every token, with or without images in the call)."""
+    model, proc = tiny_flamingo(open_gates=True)
+    text = "a dog sat on the mat<|endofchunk|>"
+    with_image = proc([text + "<image>a cat"], [images(1)])
+    alone = proc([text], [[]])
+    n = alone["input_ids"].shape[1]
+    assert torch.equal(with_image["input_ids"][:, :n], alone["input_ids"])
+    full = model(**with_image).logits
+    assert torch.allclose(model(**alone).logits[0], full[0, :n], atol=1e-5)
+    # and the open gates do act on text that sees no image: it is not the frozen LM's output
+    lm = model.lm(input_ids=alone["input_ids"]).logits
+    assert (lm[0] - full[0, :n]).abs().max() > 1e-4
+
+
 def test_only_immediate_vs_all_previous():
     text = "<image>one two<|endofchunk|><image>three four five"
     imgs, swapped = images(2), None

@@ -79,8 +79,11 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, ff_mult) if kind == "gated_dense" else None
         self.ff_gate = TanhGate(gating == "tanh") if kind == "gated_dense" else None
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: MediaMask) -> torch.Tensor:
-        x = x + self.attn_gate(self.attn(x, kv, mask))  # (B, L, D)
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None,
+                mask: MediaMask | None) -> torch.Tensor:
+        # kv None: no image in the sequence, so no token sees one and the cross-attention adds exactly zero
+        if kv is not None:
+            x = x + self.attn_gate(self.attn(x, kv, mask))  # (B, L, D)
         if self.ff is not None:
             x = x + self.ff_gate(self.ff(x))
         return x

@@ -23,16 +23,19 @@ from frozenvl.flamingo.media_mask import MediaMask
 
 @dataclass
 class VisualContext:
-    media: torch.Tensor  # (B, T_img, n, Dv) visual tokens
-    mask: MediaMask  # for the tokens of the current LM call
+    media: torch.Tensor | None  # (B, T_img, n, Dv) visual tokens; None when the sequence has no image (yet)
+    mask: MediaMask | None  # for the tokens of the current LM call; None without images
     # Cross-attention keys/values per fused layer, computed on first use and reused for every decoding step.
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     # Keys/values of the first images of ``media``, from an earlier call (a cached prefix): only the images
     # after them are projected, and appended.
     past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def keys_values(self, index: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``index``'s cross-attention keys/values over all of ``media``: (B, H, T_img*n, d) each."""
+    def keys_values(self, index: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``index``'s cross-attention keys/values over all of ``media``: (B, H, T_img*n, d) each; None
+        without images."""
+        if self.media is None:
+            return None
         kv = self.kv.get(index)
         if kv is None:
             past = self.past_kv.get(index)
@@ -60,7 +63,8 @@ def conditioning(context: VisualContext | None) -> Iterator[None]:
 
 
 class FusedDecoderLayer(nn.Module):
-    """A frozen decoder layer with a GATED XATTN-DENSE block run before it."""
+    """A frozen decoder layer with a GATED XATTN-DENSE block run before it (inside a Flamingo call; outside one it
+    is exactly the LM's layer). Without images the block's dense FFW still acts, as on every text token."""
 
     def __init__(self, layer: nn.Module, xattn: GatedCrossAttentionBlock, index: int):
         super().__init__()

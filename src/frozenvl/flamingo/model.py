@@ -181,7 +181,9 @@ class Flamingo(nn.Module):
             # Positions from the mask, so left padding does not shift a row (a batch equals its rows).
             lm_kwargs["position_ids"] = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
 
-        context = None
+        # Always a context, also without any image: the dense FFW of each block acts on every token, so a token's
+        # output never depends on whether an image comes later in the sequence (or in a continuation).
+        context = VisualContext(media=None, mask=None)
         if media_all is not None:
             dtype = media_all.dtype
             if L == 1 and self.config.only_attend_immediate and media_all.shape[1] > 0:  # a decoding step:
@@ -210,7 +212,7 @@ class Flamingo(nn.Module):
                 attention_mask=full_mask,
                 last_time=token_time[:, -1],
                 last_doc=document_ids[:, -1],
-                xattn_kv=context.kv if context is not None else {},
+                xattn_kv=context.kv,
             )
         return FlamingoOutput(logits=logits, loss=loss, cache=new_cache)
 
