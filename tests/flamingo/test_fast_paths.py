@@ -1,5 +1,6 @@
 """The shortcuts of cached decoding equal the plain computation they replace."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -187,3 +188,24 @@ def test_decoder_rows_can_leave_the_batch():
                                                            + torch.arange(len(keep)).unsqueeze(1) * K).view(-1))
             expected = alone.next(step[: len(rows)], torch.arange(len(rows)))
         assert torch.allclose(together, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("only_immediate", [True, False])
+def test_a_continuation_from_any_split_point_equals_the_full_forward(only_immediate):
+    """Prefix caching is exact wherever the prompt is cut: before the first image (a text-only prefix), on an
+    <image> token, inside a chunk; the continuation brings the images the prefix has not seen."""
+    from frozenvl.testing import images, tiny_flamingo
+
+    model, proc = tiny_flamingo(open_gates=True, only_attend_immediate=only_immediate)
+    batch = proc(["a photo:<|endofchunk|><image>a cat sat<|endofchunk|><image>a dog<|endofchunk|><image>x"],
+                 [images(3)])
+    ids, pixels = batch["input_ids"], batch["pixel_values"]
+    is_image = ids[0] == model.image_token_id
+    with torch.no_grad():
+        expected = model(ids, pixel_values=pixels).logits
+        for cut in range(1, ids.shape[1]):
+            seen = int(is_image[:cut].sum())  # images in the prefix
+            prefix = model(ids[:, :cut], pixel_values=pixels[:, :seen] if seen else None, use_cache=True)
+            rest = model(ids[:, cut:], pixel_values=pixels[:, seen:] if seen < 3 else None, cache=prefix.cache)
+            got = torch.cat([prefix.logits, rest.logits], dim=1)
+            assert torch.allclose(got, expected, atol=1e-5), f"cut at {cut}"
