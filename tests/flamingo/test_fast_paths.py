@@ -133,7 +133,8 @@ class _ScriptedDecoder:
         self.rows = [(p, ()) for p in self.prompts for _ in range(self.beams)]
         return self._logits()
 
-    def next(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def next(self, tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        index = torch.arange(len(self.rows)) if index is None else index
         self.widths.append(len(index))
         self.rows = [(self.rows[i][0], self.rows[i][1] + (t,)) for i, t in zip(index.tolist(), tokens.tolist())]
         return self._logits()
@@ -157,6 +158,25 @@ def test_beam_search_drops_prompts_that_are_done_and_each_prompt_equals_its_run_
             assert together[p, :n].tolist() == alone[0].tolist()
             assert (together[p, n:] == 0).all()
         assert together[min(quick)].tolist()[0] == stop
+
+
+def test_greedy_rows_that_finished_leave_the_batch_and_each_equals_its_run_alone():
+    from types import SimpleNamespace
+
+    from frozenvl.flamingo.generation import _greedy_or_sample
+
+    model = SimpleNamespace(pad_token_id=0)
+    V, stop = 30, 5
+    for quick in ({0}, {2}, {0, 2}):
+        decoder = _ScriptedDecoder([0, 1, 2], 1, V, stop, quick)
+        together = _greedy_or_sample(model, decoder, 3, 6, False, 1.0, 0, 1.0, [stop], [], None)
+        assert decoder.widths[0] == 3 - len(quick) and together.shape == (3, 6)
+        for p in range(3):
+            alone = _greedy_or_sample(model, _ScriptedDecoder([p], 1, V, stop, quick), 1, 6, False, 1.0, 0, 1.0,
+                                      [stop], [], None)
+            assert together[p, :alone.shape[1]].tolist() == alone[0].tolist()
+            assert (together[p, alone.shape[1]:] == 0).all()  # padding after the stop
+        assert all(together[q, 0] == stop for q in quick)
 
 
 def test_decoder_rows_can_leave_the_batch():

@@ -157,25 +157,28 @@ def generate(
 
 def _greedy_or_sample(model, decoder: _Decoder, B: int, max_new_tokens, do_sample, temperature, top_k, top_p, stops,
                       banned, generator) -> torch.Tensor:
-    logits = decoder.first()
+    logits = decoder.first()  # (B, V)
     device = logits.device
     stop_ids = torch.tensor(stops, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens = []
+    tokens = torch.full((B, max_new_tokens), model.pad_token_id, dtype=torch.long, device=device)
+    active = torch.arange(B, device=device)  # the rows the decoder still holds: a finished row leaves the batch
+    steps = max_new_tokens
     for step in range(max_new_tokens):
         scores = _process_logits(logits, banned, temperature if do_sample else 1.0, top_k if do_sample else 0,
                                  top_p if do_sample else 1.0)
         if do_sample:
             nxt = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
-            nxt = scores.argmax(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, model.pad_token_id), nxt)
-        tokens.append(nxt)
-        finished |= torch.isin(nxt, stop_ids)
-        if bool(finished.all()) or step == max_new_tokens - 1:
+            nxt = scores.argmax(-1)  # (A,)
+        tokens[active, step] = nxt
+        going = (~torch.isin(nxt, stop_ids)).nonzero().squeeze(1)  # positions in the decoder's rows
+        if len(going) == 0 or step == max_new_tokens - 1:
+            steps = step + 1
             break
-        logits = decoder.next(nxt, None)
-    return torch.stack(tokens, dim=1)
+        leaving = len(going) < len(active)
+        active = active[going]
+        logits = decoder.next(nxt[going], going if leaving else None)
+    return tokens[:, :steps]
 
 
 def _best_continuations(logits: torch.Tensor, beam_scores: torch.Tensor,
