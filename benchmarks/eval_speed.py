@@ -139,7 +139,7 @@ def main() -> None:
         cap = bench_captioning(scorer, world, args.cap_shots, args.cap_queries, args.beams, args.new_tokens)
     print(f"total {time.perf_counter() - start:.0f} s")
     print(f"headline: {args.classes}-class scoring, shared prefix vs full forward per class = {cls:.1f}x "
-          f"(8-shot captioning, prefix reuse vs none = {cap:.1f}x)")
+          f"({args.cap_shots}-shot captioning, prefix reuse vs none = {cap:.1f}x)")
 
 
 if __name__ == "__main__":
