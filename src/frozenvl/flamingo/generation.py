@@ -22,13 +22,13 @@ class _Decoder:
         self.model = model
         self.use_cache = use_cache
         self.expand = expand  # rows per prompt (beams)
-        rep = lambda t: None if t is None or expand == 1 else t.repeat_interleave(expand, dim=0)  # noqa: E731
-        self.ids = rep(input_ids) if expand > 1 else input_ids
-        self.mask = rep(attention_mask) if expand > 1 else attention_mask
-        self.docs = rep(document_ids) if expand > 1 else document_ids
-        self.prompt_ids, self.prompt_mask, self.prompt_docs = input_ids, attention_mask, document_ids  # (B, L)
-        self.prompt_pixels = pixel_values  # (B, ...): encoded once when caching
-        self.pixels = rep(pixel_values) if expand > 1 else pixel_values  # per row: what recomputation re-encodes
+        # Caching: the prompts, (B, ...), encoded once; the beams start from copies of that state. Recomputing:
+        # the sequence of every row, (B*K, ...), re-encoded from the pixels at every step.
+        if not use_cache and expand > 1:
+            input_ids, attention_mask, pixel_values, document_ids = (
+                None if t is None else t.repeat_interleave(expand, dim=0)
+                for t in (input_ids, attention_mask, pixel_values, document_ids))
+        self.ids, self.mask, self.pixels, self.docs = input_ids, attention_mask, pixel_values, document_ids
         self.prefix = prefix
         self.cache = None
 
@@ -36,11 +36,9 @@ class _Decoder:
         if not self.use_cache:
             out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
             return out.logits[:, -1]
-        # Each prompt (its images and its tokens) is encoded once, not once per beam: the beams all start from it.
-        media = self.model.encode_media(self.prompt_pixels) if self.prompt_pixels is not None else None
-        out = self.model(self.prompt_ids, self.prompt_mask, media=media,
-                         document_ids=None if self.prefix is not None else self.prompt_docs, cache=self.prefix,
-                         use_cache=True, logits_to_keep=1)
+        media = self.model.encode_media(self.pixels) if self.pixels is not None else None
+        out = self.model(self.ids, self.mask, media=media, document_ids=None if self.prefix is not None else self.docs,
+                         cache=self.prefix, use_cache=True, logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1]  # (B, V)
         if self.expand > 1:
             rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(self.expand)
