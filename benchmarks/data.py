@@ -17,26 +17,11 @@ from pathlib import Path
 
 import torch
 
-from frozenvl.data import (
-    FlameCollator,
-    FlamingoCollator,
-    LoaderConfig,
-    ShardDataset,
-    StreamingLoader,
-    WorldConfig,
-    generate_world,
-    image_to_tensor,
-)
-
-
-class ImageTransform:
-    """PIL image -> (3, S, S) tensor; a class so that DataLoader workers can pickle it."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, image):
-        return image_to_tensor(image, self.size)
+from frozenvl.backbones.vision import ImageTransform
+from frozenvl.constants import CLIP_MEAN, CLIP_STD, END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.data import LoaderConfig, ShardDataset, StreamingLoader, WorldConfig, generate_world
+from frozenvl.flame.baseline import baseline_config
+from frozenvl.tasks import ClipBaselineCollator, FlamingoCollator
 
 
 def flamingo_processor(image_size: int):
@@ -45,8 +30,8 @@ def flamingo_processor(image_size: int):
 
     tok = tiny_tokenizer()
     tok.add_special_tokens({"pad_token": "<pad>"})
-    tok.add_tokens(["<image>", "<|endofchunk|>"], special_tokens=True)
-    return FlamingoProcessor(tok, ImageTransform(image_size), max_images=8, max_length=4096)
+    tok.add_tokens([IMAGE_TOKEN, END_OF_CHUNK], special_tokens=True)
+    return FlamingoProcessor(tok, ImageTransform(image_size, CLIP_MEAN, CLIP_STD), max_images=8, max_length=4096)
 
 
 def loader_rate(shards: str, collate, workers: int, batch_size: int, max_tokens: int = 512) -> float:
@@ -86,11 +71,13 @@ def main() -> None:
                                           n_interleaved=args.pages, splits=("pairs", "interleaved"),
                                           shard_size=max(1, args.pages // 8), workers=2), progress=False, log=None)
         processor = flamingo_processor(args.image_size)
+        clip_config = baseline_config("tiny")
+        clip_config.vision.image_size = args.image_size
         pairs, pages = str(world / "train/pairs-*.tar"), str(world / "train/interleaved-*.tar")
         results = {}
         for name, shards, collate in [
             ("pairs -> Flamingo batch", pairs, FlamingoCollator(processor)),
-            ("pairs -> FLAME batch", pairs, FlameCollator(args.image_size)),
+            ("pairs -> CLIP-baseline batch", pairs, ClipBaselineCollator(clip_config)),
             ("interleaved pages -> Flamingo batch", pages, FlamingoCollator(processor)),
         ]:
             for workers in (1, 2):

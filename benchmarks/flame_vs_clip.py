@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 
-from frozenvl.flame.compare import ComparisonConfig, format_table, run_comparison
+from frozenvl.cli.compare import ComparisonConfig, format_table, run_comparison
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,10 +75,10 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
     run = root / f"run{nproc}"
     tree = tiny_tree(world, run, steps=12, grad_accum=2 // nproc, checkpoint_every=0, log_every=4)
     cfg = write_config(root / f"c{nproc}.yaml", tree)
-    cmd = [sys.executable, "-m", "frozenvl.train.cli", "--config", str(cfg)]
+    cmd = [sys.executable, "-m", "frozenvl.cli.train", "--config", str(cfg)]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               "29533", "-m", "frozenvl.train.cli", "--config", str(cfg)]
+               "29533", "-m", "frozenvl.cli.train", "--config", str(cfg)]
     subprocess.run(cmd, env=ENV, check=True, capture_output=True)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in records if "samples_per_s" in r][1:]  # first window: warm-up

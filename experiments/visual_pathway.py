@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from frozenvl.data import FlamingoCollator, LoaderConfig, ShardDataset
+from frozenvl.data import LoaderConfig, ShardDataset
 from frozenvl.data.synth import COLOURS, SHAPES
 from frozenvl.eval.reliance import image_reliance
+from frozenvl.tasks import FlamingoCollator
 from frozenvl.train.config import OptimConfig
 from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 

@@ -18,7 +18,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-ONE_THREAD_FOLDERS = {"eval", "flame"}
+ONE_THREAD_FOLDERS = {"eval", "flame", "tasks", "cli"}
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["backbones", "data", "eval", "flame", "flamingo", "train", "__version__"]
+__all__ = ["backbones", "data", "eval", "flame", "flamingo", "tasks", "train", "__version__"]
 
 
 def __getattr__(name: str):

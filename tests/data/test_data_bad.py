@@ -18,7 +18,7 @@ from frozenvl.data import (
     pair_sample,
     read_shard,
 )
-from frozenvl.data.bad import SKIP_REASONS, SkipCounter
+from frozenvl.data.skips import SKIP_REASONS, SkipCounter
 
 
 def png(img) -> bytes:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 from datafixtures import noisy
 
+from frozenvl.cli.data import main
 from frozenvl.data import LoaderConfig, ShardDataset
-from frozenvl.data.cli import main
 from frozenvl.data.convert import convert_coco, convert_folder, convert_mmc4, convert_vqav2
 
 

@@ -7,8 +7,6 @@ import torch
 from datafixtures import fake_processor, solid, write_pages, write_pairs
 
 from frozenvl.data import (
-    FlameCollator,
-    FlamingoCollator,
     LoaderConfig,
     ShardDataset,
     ShardWriter,
@@ -17,6 +15,8 @@ from frozenvl.data import (
     pair_sample,
     video_sample,
 )
+from frozenvl.flame.baseline import baseline_config
+from frozenvl.tasks import ClipBaselineCollator, FlamingoCollator
 
 
 def keys(loader) -> list[str]:
@@ -155,11 +155,13 @@ def test_flamingo_and_flame_collators(tmp_path):
     assert vids["pixel_values"].shape == (3, 1, 4, 3, 8, 8)  # (B, T_img, F, C, H, W)
     assert (vids["attention_mask"][:, 0] == 0).any()  # left padding
 
-    flame = next(iter(StreamingLoader(ShardDataset(tmp_path / "p", LoaderConfig(shuffle_shards=False,
-                                                                                 kinds=("pair",))),
-                                      6, collate_fn=FlameCollator(image_size=12))))
-    assert flame["pixel_values"].shape == (6, 3, 12, 12) and flame["pixel_values"].dtype == torch.float32
-    assert flame["captions"] == [f"caption number {i}" for i in range(6)] and flame["keys"][0] == "p00000"
+    clip_config = baseline_config("tiny")
+    clip_config.vision.image_size = 12
+    clip = next(iter(StreamingLoader(ShardDataset(tmp_path / "p", LoaderConfig(shuffle_shards=False,
+                                                                                kinds=("pair",))),
+                                     6, collate_fn=ClipBaselineCollator(clip_config))))
+    assert clip["images"].shape == (6, 3, 12, 12) and clip["images"].dtype == torch.float32
+    assert clip["input_ids"].shape[0] == 6 and clip["keys"][0] == "p00000"
     with pytest.raises(ValueError, match="no Flamingo text"):
         FlamingoCollator(fake_processor)([{"key": "k", "kind": "vqa", "images": []}])
 
@@ -175,14 +177,14 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_collate_with_the_real_flamingo_processor(tmp_path):
-    from frozenvl.data import image_to_tensor
+    from frozenvl.backbones.vision import ImageTransform
     from frozenvl.flamingo.processor import FlamingoProcessor
     from frozenvl.testing import tiny_tokenizer
 
     tok = tiny_tokenizer()
     tok.add_special_tokens({"pad_token": "<pad>"})
     tok.add_tokens(["<image>", "<|endofchunk|>"], special_tokens=True)
-    processor = FlamingoProcessor(tok, lambda img: image_to_tensor(img, 8), max_images=5, max_length=512)
+    processor = FlamingoProcessor(tok, ImageTransform(8), max_images=5, max_length=512)
     write_pages(tmp_path, 3, per_shard=3, n_images=2)
     write_pairs(tmp_path, 3, per_shard=3)
     batches = list(StreamingLoader(ShardDataset(tmp_path, LoaderConfig(shuffle_shards=False)), 3,

@@ -8,8 +8,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from frozenvl.cli.data import main
 from frozenvl.data import LoaderConfig, ShardDataset
-from frozenvl.data.cli import main
 from frozenvl.data.synth import COLOURS, EVAL_WORDS, HELDOUT, SHAPES, TRAIN_WORDS, WorldConfig, generate_world
 
 SMALL = dict(n_pairs=300, n_interleaved=60, n_video=30, n_eval=60, n_episodes=40, shard_size=100, frames=4)

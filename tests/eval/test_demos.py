@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from frozenvl.eval.demos import RandomDemos, Rices
+from frozenvl.eval.demonstrations import RandomDemos, Rices
 
 KEYS = [f"k{i}" for i in range(20)]
 

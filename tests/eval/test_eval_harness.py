@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
+from frozenvl.cli.eval import main
 from frozenvl.data import WorldConfig, generate_world
 from frozenvl.eval import get_task
-from frozenvl.eval.cli import main
 from frozenvl.eval.harness import EvalConfig, FewShotHarness, TaskData, evaluate
 from frozenvl.eval.records import EvalRecord
 from frozenvl.eval.synthetic import synthetic_task_data
@@ -121,7 +121,7 @@ def test_rices_picks_the_most_similar_last_and_caches_features(tiny, monkeypatch
 
 
 def test_cli_writes_results_for_every_shot(world, tiny, tmp_path, monkeypatch, capsys):
-    import frozenvl.eval.cli as cli
+    import frozenvl.cli.eval as cli
 
     monkeypatch.setattr(cli, "load_model", lambda args: tiny)
     code = main(["flamingo", "--task", "synth_icl_words", "--data", str(world), "--shots", "0", "2",

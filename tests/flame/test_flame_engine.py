@@ -2,10 +2,10 @@
 
 import json
 
-from frozenvl.data.cli import main as data_main
-from frozenvl.flame.cli import main as flame_main
+from frozenvl.cli.data import main as data_main
+from frozenvl.cli.flame import main as flame_main
 from frozenvl.flame.model import FlameModel
-from frozenvl.flame.task import FlameTask
+from frozenvl.tasks import FlameTask
 from frozenvl.testing import tiny_lm, tiny_tokenizer
 from frozenvl.train.config import RunConfig
 from frozenvl.train.loop import train

@@ -81,7 +81,7 @@ class NaNAt:
 
 
 def _trainer_with_nan(cfg, steps):
-    from frozenvl.train.tasks import build_task
+    from frozenvl.tasks import build_task
 
     ref = {}
     task = NaNAt(build_task(cfg.model), steps, ref)
@@ -119,8 +119,8 @@ def test_run_stops_after_the_nonfinite_limit(tmp_path, world):
 
 
 def test_init_from_starts_a_new_run_at_saved_weights(tmp_path, world):
+    from frozenvl.tasks import build_task
     from frozenvl.train.config import ConfigError, load_config
-    from frozenvl.train.tasks import build_task
 
     cfg, path = tiny_config(world, tmp_path / "first", steps=2, checkpoint_every=2)
     first = train(cfg).checkpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from trainfixtures import tiny_tree, write_config
 
-from frozenvl.train.cli import main
+from frozenvl.cli.train import main
 from frozenvl.train.config import ConfigError, load_config
 
 

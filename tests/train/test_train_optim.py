@@ -63,7 +63,7 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    from frozenvl.train.recompute import enable_gradient_checkpointing
+    from frozenvl.flamingo.activation_checkpointing import enable_gradient_checkpointing
 
     def grads(checkpointing: bool):
         model, proc = tiny_flamingo(open_gates=True)

@@ -30,7 +30,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, world):
     assert reference.step == steps
 
     _, cfg_path = tiny_config(world, tmp_path / "killed", steps=steps, checkpoint_every=2)
-    proc = subprocess.Popen([sys.executable, "-m", "frozenvl.train.cli", "--config", str(cfg_path)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "frozenvl.cli.train", "--config", str(cfg_path)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 90

@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from frozenvl.backbones.cache import atomic_path, cache_dir
 from frozenvl.backbones.embeddings import DecoupledEmbedding, DecoupledLinear
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.files import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
-END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 PAD_TOKEN = "<PAD>"
 
 EMBEDDED_LMS = {
@@ -171,12 +170,12 @@ def add_media_tokens(model: nn.Module, tokenizer, source: str = "<instance>") ->
     """
     freeze(model)
     # OpenFlamingo's order (<|endofchunk|>, <image>, then pad), so that its checkpoints' rows line up with ours.
-    tokenizer.add_tokens([END_OF_CHUNK_TOKEN, IMAGE_TOKEN], special_tokens=True)
+    tokenizer.add_tokens([END_OF_CHUNK, IMAGE_TOKEN], special_tokens=True)
     added_pad = tokenizer.pad_token is None
     if added_pad:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+    eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
     pad_id = tokenizer.pad_token_id
     input_emb = model.get_input_embeddings()
     output_emb = model.get_output_embeddings()

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from frozenvl.constants import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CONFIG_NAME,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    WEIGHTS_NAME,
+)
 
 
 class ImageTransform:
@@ -136,7 +143,7 @@ def from_transformers(model: nn.Module, name: str = "transformers") -> VisionEnc
     cfg = getattr(cfg, "vision_config", cfg)
     size = int(getattr(cfg, "image_size", 224))
     is_siglip = "siglip" in type(cfg).__name__.lower()
-    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if is_siglip else (CLIP_MEAN, CLIP_STD)
+    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if is_siglip else (CLIP_MEAN, CLIP_STD)
     return VisionEncoder(vision, lambda m, x: m(pixel_values=x).last_hidden_state, int(cfg.hidden_size),
                          ImageTransform(size, mean, std), size, name)
 
@@ -152,7 +159,7 @@ def embedded_efficientnet_lite0() -> VisionEncoder:
     import timm
     from safetensors.torch import load_file, save_file
 
-    from frozenvl.backbones.cache import atomic_path, cache_dir
+    from frozenvl.files import atomic_path, cache_dir
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     cached = cache_dir("vision") / "efficientnet-lite0.safetensors"
@@ -179,14 +186,22 @@ def embedded_efficientnet_lite0() -> VisionEncoder:
 
 
 def from_flame(folder: str) -> VisionEncoder:
-    """The ViT of a FLAME model saved by ``FlameModel.save_pretrained``: its patch tokens (B, N, width)."""
-    from frozenvl.flame.model import FlameModel
+    """The ViT of a FLAME (or CLIP-baseline) folder written by ``save_pretrained``: its patch tokens (B, N, width)."""
+    import json
 
-    model = FlameModel.from_pretrained(folder)
-    cfg = model.config.vision
+    from safetensors.torch import load_file
+
+    from frozenvl.backbones.vit import VisionTransformer, VisionTransformerConfig
+
+    path = Path(folder)
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"flame:{folder} is not a FLAME folder ({CONFIG_NAME} and {WEIGHTS_NAME} needed)")
+    cfg = VisionTransformerConfig(**json.loads((path / CONFIG_NAME).read_text())["vision"])
+    visual = VisionTransformer(cfg)
+    weights = load_file(str(path / WEIGHTS_NAME))
+    visual.load_state_dict({k[len("visual."):]: v for k, v in weights.items() if k.startswith("visual.")})
     transform = ImageTransform(cfg.image_size, CLIP_MEAN, CLIP_STD)  # FLAME trains with CLIP normalisation
-    return VisionEncoder.from_module(model.visual, cfg.width, cfg.image_size, name=f"flame:{folder}",
-                                     transform=transform)
+    return VisionEncoder.from_module(visual, cfg.width, cfg.image_size, name=f"flame:{folder}", transform=transform)
 
 
 EMBEDDED_VISION = {"efficientnet-lite0": embedded_efficientnet_lite0}

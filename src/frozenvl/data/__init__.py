@@ -1,8 +1,6 @@
 """frozenvl.data: webdataset shards for pairs, interleaved pages, videos and evaluation records; streaming
-loaders with a resumable position; collate functions for Flamingo and FLAME; converters; the synthetic world."""
+loaders with a resumable position; converters; the synthetic world."""
 
-from frozenvl.data.bad import BadSample, SkipCounter
-from frozenvl.data.collate import FlameCollator, FlamingoCollator, image_to_tensor
 from frozenvl.data.formats import (
     END_OF_CHUNK,
     IMAGE_TOKEN,
@@ -19,12 +17,13 @@ from frozenvl.data.formats import (
 )
 from frozenvl.data.loader import LoaderConfig, ShardDataset, StreamingLoader, approx_token_count
 from frozenvl.data.shards import ShardWriter, expand_shards, read_shard
+from frozenvl.data.skips import BadSample, SkipCounter
 from frozenvl.data.synth import WorldConfig, generate_world
 
 __all__ = [
-    "END_OF_CHUNK", "IMAGE_TOKEN", "BadSample", "FlameCollator", "FlamingoCollator", "LoaderConfig",
+    "END_OF_CHUNK", "IMAGE_TOKEN", "BadSample", "LoaderConfig",
     "ShardDataset", "ShardWriter", "SkipCounter", "StreamingLoader", "WorldConfig", "approx_token_count",
     "caption_record", "classification_record", "decode_sample", "expand_shards", "generate_world",
-    "image_to_tensor", "interleaved_sample", "interleaved_text", "pair_sample", "read_shard",
+    "interleaved_sample", "interleaved_text", "pair_sample", "read_shard",
     "retrieval_record", "video_qa_record", "video_sample", "vqa_record",
 ]

@@ -25,7 +25,6 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from frozenvl.data.bad import BadSample, SkipCounter
 from frozenvl.data.formats import (
     RawSample,
     caption_record,
@@ -35,6 +34,7 @@ from frozenvl.data.formats import (
     vqa_record,
 )
 from frozenvl.data.shards import ShardWriter
+from frozenvl.data.skips import BadSample, SkipCounter
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title")

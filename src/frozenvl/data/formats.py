@@ -25,10 +25,8 @@ from typing import Any
 
 from PIL import Image
 
-from frozenvl.data.bad import BadSample
-
-IMAGE_TOKEN = "<image>"
-END_OF_CHUNK = "<|endofchunk|>"
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.data.skips import BadSample
 
 TRAIN_KINDS = ("pair", "interleaved", "video")
 EVAL_KINDS = ("caption", "vqa", "classification", "retrieval", "video_qa")

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from frozenvl.data.bad import SkipCounter
+from frozenvl.data.skips import SkipCounter
 
 
 class ShardWriter:

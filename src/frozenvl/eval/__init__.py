@@ -7,7 +7,7 @@
 - ``postprocess``: generation clean-up; ``results``: results JSON and plots
 """
 
-from frozenvl.eval.demos import RandomDemos, Rices
+from frozenvl.eval.demonstrations import RandomDemos, Rices
 from frozenvl.eval.metrics import accuracy, cider, exact_match, recall_at_k, roc_auc, vqa_accuracy, vqa_score
 from frozenvl.eval.prompts import Prompt, build_few_shot_prompt, build_prompt, demos_for_shots
 from frozenvl.eval.records import EvalRecord

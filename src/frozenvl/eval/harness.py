@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frozenvl.eval.demos import RandomDemos, Rices
+from frozenvl.eval.demonstrations import RandomDemos, Rices
 from frozenvl.eval.postprocess import postprocess
 from frozenvl.eval.prompts import Prompt, build_prompt, demos_for_shots
 from frozenvl.eval.records import EvalRecord

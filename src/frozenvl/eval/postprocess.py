@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-END_OF_CHUNK = "<|endofchunk|>"
-IMAGE_TOKEN = "<image>"
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 
 _VQA_STOP = re.compile(r"Question|Short answer|Answer:")
 _SPACES = re.compile(r"\s+")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from frozenvl.eval.postprocess import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.eval.records import EvalRecord
 from frozenvl.eval.tasks import TaskSpec
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from frozenvl.eval.postprocess import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.flamingo.generation import generate
 
 

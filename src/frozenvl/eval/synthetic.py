@@ -72,7 +72,7 @@ def read_world_split(path: str | os.PathLike, split: str) -> list[EvalRecord]:
     import warnings
 
     from frozenvl.data import SkipCounter, decode_sample, read_shard
-    from frozenvl.data.bad import BadSample
+    from frozenvl.data.skips import BadSample
 
     skips = SkipCounter()
     records = []

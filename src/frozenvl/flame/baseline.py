@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frozenvl.backbones.vit import Block, VisionTransformer, VisionTransformerConfig
 from frozenvl.flame.loss import build_loss
 from frozenvl.flame.model import (
-    Block,
     PatchHead,
-    VisionTransformer,
-    VisionTransformerConfig,
     override_fields,
     preset_config,
     read_model_folder,

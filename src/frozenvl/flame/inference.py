@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from frozenvl.constants import CLIP_MEAN, CLIP_STD
+
 AGGREGATIONS = ("mean_embedding", "mean_similarity")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frozenvl.backbones.cache import atomic_path
+from frozenvl.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ class TensorRetrievalSet:
 
 def _records(world: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:
     from frozenvl.data import SkipCounter, decode_sample, read_shard
-    from frozenvl.data.bad import BadSample
+    from frozenvl.data.skips import BadSample
 
     shards = sorted(Path(world, "eval").glob(f"{split}-*.tar"))
     if not shards:

@@ -7,15 +7,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from frozenvl.backbones.language import build_frozen_lm
-from frozenvl.backbones.vision import build_vision
 from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.model import Flamingo
 from frozenvl.flamingo.processor import FlamingoProcessor
-
-
-def _describe(source) -> str:
-    return source if isinstance(source, str) else f"<instance:{type(source).__name__}>"
 
 
 def build(
@@ -32,12 +26,9 @@ def build(
     ``vision``: see :func:`frozenvl.backbones.vision.build_vision`. Other keyword arguments override fields of
     :class:`FlamingoConfig` (e.g. ``cross_attn_every=4``).
     """
-    config = config or FlamingoConfig()
-    config = replace(config, lm=_describe(lm), vision=_describe(vision), **config_overrides)
-    frozen_lm = build_frozen_lm(lm, tokenizer, dtype)
-    encoder = build_vision(vision)
-    model = Flamingo(config, frozen_lm, encoder)
-    processor = FlamingoProcessor(frozen_lm.tokenizer, encoder.transform, config.max_images, config.max_length)
+    config = replace(config or FlamingoConfig(), **config_overrides)
+    model = Flamingo.from_backbones(config, lm, vision, tokenizer, dtype)
+    processor = FlamingoProcessor(model.tokenizer, model.vision.transform, config.max_images, config.max_length)
     return model, processor
 
 

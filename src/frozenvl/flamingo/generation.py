@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from frozenvl.flamingo.processor import check_extra_arguments
+
 
 class _Decoder:
     """Feeds tokens to the model, with or without caching; rows can be reordered (beam search)."""
@@ -113,8 +115,6 @@ def generate(
 ) -> torch.Tensor:  # (B, L + new)
     """``cache``: a :class:`FlamingoCache` of B rows that the prompts continue (e.g. demonstrations encoded once);
     it is consumed (its LM KV cache grows in place): pass a copy to keep it."""
-    from frozenvl.flamingo.model import check_extra_arguments
-
     check_extra_arguments("generate", extra)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozenvl.backbones.cache import atomic_path
-from frozenvl.backbones.language import FrozenLanguageModel, find_decoder_layers
-from frozenvl.backbones.vision import VisionEncoder
+from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
+from frozenvl.backbones.vision import VisionEncoder, build_vision
+from frozenvl.files import atomic_path
 from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
+from frozenvl.flamingo.generation import generate
 from frozenvl.flamingo.loss import IGNORE_INDEX, flamingo_labels
 from frozenvl.flamingo.media_mask import build_media_mask, image_documents, single_image_mask, text_time
+from frozenvl.flamingo.processor import check_extra_arguments
 from frozenvl.flamingo.resampler import build_resampler
 
 WEIGHTS_NAME = "trainable.safetensors"
@@ -220,11 +222,17 @@ class Flamingo(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Greedy, sampling or beam search; see :func:`frozenvl.flamingo.generation.generate`."""
-        from frozenvl.flamingo.generation import generate
-
         return generate(self, input_ids, attention_mask, pixel_values, **kwargs)
 
     # ------------------------------------------------------------------------------------- save and load
+    @classmethod
+    def from_backbones(cls, config: FlamingoConfig, lm: str | nn.Module, vision: str | nn.Module, tokenizer=None,
+                       dtype: torch.dtype = torch.float32) -> Flamingo:
+        """A fresh Flamingo around frozen backbones given as sources (see :func:`frozenvl.flamingo.build`) or
+        instances; ``config.lm`` / ``config.vision`` record the sources (``<instance:...>`` for instances)."""
+        config = replace(config, lm=describe_source(lm), vision=describe_source(vision))
+        return cls(config, build_frozen_lm(lm, tokenizer, dtype), build_vision(vision))
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
@@ -267,29 +275,21 @@ class Flamingo(nn.Module):
         """
         from safetensors.torch import load_file
 
-        from frozenvl.flamingo.build import build
-
         path = Path(path)
         if not (path / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{path} is not a frozenvl Flamingo folder: {CONFIG_NAME} is missing")
         config = FlamingoConfig.load(path / CONFIG_NAME)
         if overrides:
             config = replace(config, **overrides)
-        model, _ = build(config=config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
-                         vision=vision if vision is not None else config.vision)
+        model = cls.from_backbones(config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
+                                   vision=vision if vision is not None else config.vision)
         model.load_trainable(load_file(str(path / WEIGHTS_NAME)))
         return model
 
 
-# Non-tensor fields a data collator adds to a batch (frozenvl.data.FlamingoCollator), so model(**batch) works.
-BATCH_METADATA = frozenset({"keys", "kinds"})
-
-
-def check_extra_arguments(where: str, extra: dict) -> None:
-    """A misspelt argument (``pixel_value=``) must not be silently ignored."""
-    unknown = sorted(set(extra) - BATCH_METADATA)
-    if unknown:
-        raise TypeError(f"{where} got unexpected arguments: {', '.join(unknown)}")
+def describe_source(source) -> str:
+    """How a backbone is recorded in a saved config: its source string, or the class of an instance."""
+    return source if isinstance(source, str) else f"<instance:{type(source).__name__}>"
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from frozenvl.backbones.language import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 
 
 class FlamingoProcessor:
@@ -25,7 +25,7 @@ class FlamingoProcessor:
         self.max_length = max_length
         self.padding_side = padding_side
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.end_of_chunk_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        self.end_of_chunk_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
         self.pad_token_id = tokenizer.pad_token_id
 
     # ----------------------------------------------------------------------------------------------- images
@@ -141,3 +141,14 @@ class FlamingoProcessor:
                 row = row[: row.index(self.end_of_chunk_token_id)]
             out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return out
+
+
+# Non-tensor fields a data collator adds to a batch (frozenvl.tasks.FlamingoCollator), so model(**batch) works.
+BATCH_METADATA = frozenset({"keys", "kinds"})
+
+
+def check_extra_arguments(where: str, extra: dict) -> None:
+    """A misspelt argument (``pixel_value=``) must not be silently ignored."""
+    unknown = sorted(set(extra) - BATCH_METADATA)
+    if unknown:
+        raise TypeError(f"{where} got unexpected arguments: {', '.join(unknown)}")

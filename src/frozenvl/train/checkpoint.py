@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from frozenvl.backbones.cache import atomic_path, fsync_file
+from frozenvl.files import atomic_path, fsync_file
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 WEIGHTS = "trainable.safetensors"

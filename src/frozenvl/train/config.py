@@ -13,75 +13,17 @@ Overrides: ``optim.lr=3e-4``, ``model.flamingo.cross_attn_every=2``, ``data.data
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from frozenvl.config import ConfigError, apply_override, dump_yaml, from_dict, load_yaml
+from frozenvl.config import check_choice as _choice
+from frozenvl.config import check_positive as _positive
+from frozenvl.tasks.config import ModelConfig
 
-
-class ConfigError(ValueError):
-    """A bad configuration: one message naming the key and the problem."""
-
-
-def _choice(where: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def _positive(where: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
-
-
-@dataclass
-class ModelConfig:
-    """What is trained. Table 3 switches: ``flamingo`` (xattn kind/frequency, gating, resampler), ``vision``,
-    ``lm`` and ``lm_init``, ``train_lm`` / ``train_vision`` (fine-tuning, with their own learning rates)."""
-
-    kind: str = "flamingo"
-    # Sources: see frozenvl.flamingo.build; "tiny:llama" / "tiny" build frozenvl.testing's random tiny models.
-    lm: str = "embedded:smollm2-135m"
-    vision: str = "embedded:efficientnet-lite0"
-    lm_init: str = "pretrained"  # "pretrained" | "random" (ablation: a randomly initialised LM)
-    flamingo: dict[str, Any] = field(default_factory=dict)  # FlamingoConfig fields
-    train_lm: bool = False  # fine-tuning: the whole LM trains (at lm_lr)
-    train_vision: bool = False  # fine-tuning: the vision encoder trains (at vision_lr)
-    lm_lr: float | None = None  # None: optim.lr
-    vision_lr: float | None = None
-    gradient_checkpointing: bool = False  # recompute decoder-layer activations in the backward pass
-    # kind "flamingo": start from the trainable weights of a saved Flamingo (save_pretrained folder or a training
-    # checkpoint), e.g. a second training stage; the architecture in `flamingo` must match it
-    init_from: str | None = None
-    # kind "flame": FlameTaskOptions fields (store, preset, image_size, vision, head_hidden, loss, sampled_facets);
-    # kind "clip_baseline": ClipBaselineTaskOptions fields (the same image tower + text, tokenizer, caption, ...).
-    flame: dict[str, Any] = field(default_factory=dict)
-    clip_baseline: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self, where: str = "model") -> None:
-        _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
-        _choice(f"{where}.lm_init", self.lm_init, ("pretrained", "random"))
-        if self.init_from is not None and self.kind != "flamingo":
-            raise ConfigError(f"{where}.init_from is for model.kind flamingo, not {self.kind!r}")
-        if self.kind in ("flame", "clip_baseline"):
-            from frozenvl.flame.task import ClipBaselineTaskOptions, FlameTaskOptions
-
-            options = FlameTaskOptions if self.kind == "flame" else ClipBaselineTaskOptions
-            try:
-                options.from_dict(getattr(self, self.kind))
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{where}.{self.kind}: {e}") from None
-        from frozenvl.flamingo import FlamingoConfig
-
-        try:
-            FlamingoConfig.from_dict(self.flamingo)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{where}.flamingo: {e}") from None
-        for name in ("lm_lr", "vision_lr"):
-            if getattr(self, name) is not None:
-                _positive(f"{where}.{name}", getattr(self, name))
+__all__ = ["ConfigError", "DataConfig", "DatasetConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
+           "dump_config", "load_config"]
 
 
 @dataclass
@@ -220,165 +162,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return _build(cls, data, "").validate()
-
-
-# ----------------------------------------------------------------------------------------- dict -> dataclass
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where} must be {' or '.join(_type_name(a) for a in args)}; got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields; got {value!r}")
-        return _build(tp, value, where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list; got {value!r}")
-        return [_coerce(item, v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping; got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false; got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer; got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number; got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string; got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {tp}")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; {cls.__name__} has: {', '.join(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-# ----------------------------------------------------------------------------------------------- overrides
-
-
-def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` to a nested dict (value parsed as YAML). Lists are indexed by position or name."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {assignment!r} must look like key.path=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
-    parts = key.split(".")
-    node: Any = tree
-    schema: Any = RunConfig
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            index = _list_index(node, part, where)
-            if last:
-                node[index] = value
-                return
-            node = node[index]
-            schema = typing.get_args(schema)[0]
-            continue
-        if dataclasses.is_dataclass(schema):
-            hints = typing.get_type_hints(schema)
-            if part not in hints:
-                raise ConfigError(f"unknown key {where}; {schema.__name__} has: {', '.join(hints)}")
-            field_type = hints[part]
-        else:  # a free mapping (model.flamingo): any key, validated later
-            field_type = Any
-        if last:
-            node[part] = value
-            return
-        if part not in node or node[part] is None:
-            default = _default_of(schema, part) if dataclasses.is_dataclass(schema) else {}
-            node[part] = default
-        node = node[part]
-        schema = field_type
-
-
-def _default_of(schema: type, name: str) -> Any:
-    for f in dataclasses.fields(schema):
-        if f.name == name:
-            if f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
-            else:
-                value = f.default
-            return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    raise ConfigError(f"unknown key {name}")
-
-
-def _list_index(items: list, part: str, where: str) -> int:
-    if part.lstrip("-").isdigit():
-        index = int(part)
-        if not -len(items) <= index < len(items):
-            raise ConfigError(f"{where}: index {index} out of range (the list has {len(items)} entries)")
-        return index
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and item.get("name") == part:
-            return i
-    names = [str(it.get("name")) for it in items if isinstance(it, dict)]
-    raise ConfigError(f"{where}: no entry named {part!r} (entries: {', '.join(names) or 'none'})")
+        return from_dict(cls, data).validate()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config (or the defaults when ``path`` is None), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping (model:, data:, optim:, train:)")
+    tree: dict[str, Any] = load_yaml(path) if path is not None else {}
     for assignment in overrides:
-        apply_override(tree, assignment)
+        apply_override(tree, assignment, RunConfig)
     return RunConfig.from_dict(tree)
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return dump_yaml(config)

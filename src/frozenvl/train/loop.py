@@ -1,4 +1,4 @@
-"""The training loop: one engine for any :class:`~frozenvl.train.tasks.Task` on one process, DDP or FSDP2.
+"""The training loop: one engine for any :class:`~frozenvl.tasks.Task` on one process, DDP or FSDP2.
 
 One optimizer step = the weighted objective ``sum_d lambda_d * NLL_d`` over the step's datasets (all of them, or
 one in turn with round robin), each on ``grad_accum`` micro-batches per rank. Gradients accumulate locally and
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from frozenvl.tasks import build_task
 from frozenvl.train import checkpoint as ckpt
 from frozenvl.train import distributed as D
 from frozenvl.train.config import RunConfig, dump_config
 from frozenvl.train.mixture import Mixture, eval_loaders
 from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
-from frozenvl.train.tasks import build_task
 
 log = logging.getLogger("frozenvl.train")
 

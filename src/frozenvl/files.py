@@ -1,4 +1,4 @@
-"""The user cache folder and atomic writes: a kill at any moment leaves either the old file or the new one."""
+"""Files that survive a kill: atomic writes of files and folders, and frozenvl's folder in the user cache."""
 
 from __future__ import annotations
 

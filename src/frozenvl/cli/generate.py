@@ -1,19 +1,13 @@
-"""The ``frozenvl`` command: a thin layer over the library. Each subcommand has ``--help``."""
+"""``frozenvl generate``: few-shot prompting of a Flamingo from the command line (images, frame folders)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
-import os
-import sys
 from pathlib import Path
 
+from frozenvl.cli.errors import CLIError
+
 SKIMAGE_PREFIX = "skimage:"
-
-
-class CLIError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
 
 
 def _load_image(spec: str):
@@ -66,7 +60,7 @@ def _load_flamingo(args):
     return fl.build(lm=args.lm, vision=args.vision, cross_attn_every=args.cross_attn_every)
 
 
-def cmd_generate(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     # Read every image before loading the model, so that a wrong path fails at once.
@@ -81,35 +75,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from frozenvl.demo import run_demo
-
-    run_demo(Path(args.out), quick=args.quick)
-    return 0
-
-
-def _delegate(module: str):
-    def run(args) -> int:
-        return importlib.import_module(module).main(args.rest)
-
-    return run
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="frozenvl",
-        description="Vision-language learning on frozen language models: Flamingo and FLAME.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = sub.add_parser("demo", help="run the main job on the embedded default (no internet, no GPU)",
-                          description="Few-shot generation with a Flamingo built on the embedded SmolLM2-135M and "
-                                      "EfficientNet-Lite0, on scikit-image's sample photos.")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a shorter run")
-    demo.set_defaults(func=cmd_demo)
-
+def add_parser(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="few-shot prompting from the command line",
                          description="Generate a continuation of an interleaved prompt. Put one <image> in the "
                                      "prompt per --image/--video, in order. Images may be paths or skimage:NAME.")
@@ -127,42 +93,4 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
-    gen.set_defaults(func=cmd_generate, media=[])
-
-    for name, (module, text) in DELEGATED.items():
-        p = sub.add_parser(name, help=text, add_help=False, description=text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module))
-    return parser
-
-
-DELEGATED = {
-    name: (module, text) for name, module, text in [
-        ("train", "frozenvl.train.cli", "train a Flamingo from a YAML config (torchrun for several processes)"),
-        ("eval", "frozenvl.eval.cli", "few-shot evaluation of a Flamingo (captioning, VQA, classification, video)"),
-        ("data", "frozenvl.data.cli", "write the synthetic world, convert datasets to shards"),
-        ("flame", "frozenvl.flame.cli", "FLAME: offline facet embeddings and evaluation"),
-    ]
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv and argv[0] in DELEGATED:  # these subcommands own their whole argument list, --help included
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
-        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    gen.set_defaults(func=run, media=[])

@@ -14,6 +14,7 @@ Stages (each is skipped when its output already exists, so a re-run reuses what 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import time
@@ -161,8 +162,9 @@ def stage_fewshot(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]]
 def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], n: int = 32
                          ) -> dict[str, float]:
     """Held-out pair loss with the right images vs rolled (wrong) ones: does the trained Flamingo look?"""
-    from frozenvl.data import FlamingoCollator, LoaderConfig, ShardDataset
+    from frozenvl.data import LoaderConfig, ShardDataset
     from frozenvl.eval.reliance import image_reliance
+    from frozenvl.tasks import FlamingoCollator
 
     path = out / "fewshot" / "image_reliance.json"
     if path.exists():
@@ -181,7 +183,7 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
 
 def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
     """FLAME (frozen SmolLM2 facet embeddings) vs the CLIP baseline: same image tower, data and steps."""
-    from frozenvl.flame.compare import ComparisonConfig, format_table, headline, run_comparison
+    from frozenvl.cli.compare import ComparisonConfig, format_table, headline, run_comparison
 
     flame_dir = out / "flame"
     result_path = flame_dir / "results.json"
@@ -325,3 +327,18 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance)
     _say(f"[5/5] report: {report}  (total {sum(timings.values()) / 60:.1f} min)")
     return report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the main job on the embedded default (no internet, no GPU)",
+                          description="The main job, offline on CPU: the synthetic world, a Flamingo on frozen "
+                                      "SmolLM2-135M + EfficientNet-Lite0 trained and evaluated few-shot, FLAME vs "
+                                      "its CLIP baseline, and a report with plots.")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="a shorter run")
+    demo.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out), quick=args.quick)
+    return 0

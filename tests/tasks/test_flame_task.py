@@ -7,7 +7,7 @@ from PIL import Image
 
 from frozenvl.flame.model import FlameModel
 from frozenvl.flame.store import EmbeddingStoreWriter, store_meta
-from frozenvl.flame.task import FlameTask
+from frozenvl.tasks import FlameTask
 
 
 def test_flame_task_collates_from_the_store_and_trains(tmp_path):

@@ -1,55 +1,42 @@
-"""Tasks: what the engine trains. A task builds its model, turns loader samples into batches and batches into a
-loss. The loop (``train/loop.py``) knows nothing about Flamingo: FLAME plugs in as another :class:`Task`.
-
-Contract of a task:
-
-- ``model``: an ``nn.Module`` whose trainable parameters have ``requires_grad=True`` (others frozen);
-- ``collate(samples) -> batch`` for the data loader (picklable if loader workers are used);
-- ``loss(model, batch) -> dict`` with a scalar ``"loss"`` and ``"tokens"`` (how many targets, for throughput),
-  and optionally ``"samples"`` (the batch's samples; default: the rows of ``batch["input_ids"]``);
-  ``model`` is the possibly wrapped (DDP/FSDP) module: call it, do not reach inside;
-- ``trainable_state_dict()`` / ``load_trainable(tensors)`` and ``save_pretrained(dir)`` of the bare model;
-- ``token_counter``: str -> tokens, used by the loader's length limits.
-"""
+"""Flamingo as a task of the training engine: the model built from its sources, the collator (loader samples ->
+processor batches) and the masked next-token loss."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from frozenvl.train.config import ModelConfig
+from frozenvl.flamingo import build
+from frozenvl.flamingo.activation_checkpointing import decoder_layers, enable_gradient_checkpointing
+from frozenvl.tasks.base import ModelTask
+from frozenvl.tasks.config import ModelConfig
 
 
-class Task(Protocol):
-    model: nn.Module
+class FlamingoCollator:
+    """Samples -> the Flamingo processor's batch, plus `keys` and `kinds`.
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]: ...
+    processor(texts: list[str], images: list[list[PIL.Image | list[PIL.Image]]], padding_side=...) -> dict of
+    tensors (input_ids, attention_mask, pixel_values, ...). Each sample's `text` already carries its `<image>` and
+    `<|endofchunk|>` markers; its `images` is the list of images (or of frame lists for videos) in marker order.
+    """
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def __init__(self, processor: Callable[..., dict[str, Any]], padding_side: str = "right"):
+        self.processor, self.padding_side = processor, padding_side
 
-    def token_counter(self, text: str) -> int: ...
-
-    def set_train_mode(self) -> None: ...
-
-
-class ModelTask:
-    """What every task does the same way with its bare ``model``: train mode, the names of its trainable
-    parameters, and saving it (its own ``save_pretrained``)."""
-
-    model: nn.Module
-
-    def set_train_mode(self) -> None:
-        self.model.train()
-
-    # Bare-model state, names as in the model's own trainable state dict.
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def save_pretrained(self, path) -> None:
-        self.model.save_pretrained(path)
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        for s in samples:
+            if "text" not in s:
+                raise ValueError(f"sample {s.get('key')!r} of kind {s.get('kind')!r} has no Flamingo text; "
+                                 "evaluation records are turned into prompts by the evaluation harness")
+        batch = dict(self.processor([s["text"] for s in samples], [s["images"] for s in samples],
+                                    padding_side=self.padding_side))
+        batch["keys"] = [s["key"] for s in samples]
+        batch["kinds"] = [s["kind"] for s in samples]
+        return batch
 
 
 def _load_lm(source: str, init: str):
@@ -77,12 +64,9 @@ def _load_vision(source: str):
 
 
 class FlamingoTask(ModelTask):
-    """Flamingo's objective on one dataset: the masked next-token NLL (DESIGN.md section 1)."""
+    """Flamingo's objective on one dataset: the masked next-token NLL (docs/training.md)."""
 
     def __init__(self, config: ModelConfig):
-        from frozenvl.data import FlamingoCollator
-        from frozenvl.flamingo import build
-
         self.config = config
         lm, tokenizer = _load_lm(config.lm, config.lm_init)
         self.model, self.processor = build(lm=lm, tokenizer=tokenizer, vision=_load_vision(config.vision),
@@ -97,8 +81,6 @@ class FlamingoTask(ModelTask):
             for p in self.model.vision.parameters():
                 p.requires_grad_(True)
         if config.gradient_checkpointing:
-            from frozenvl.train.recompute import enable_gradient_checkpointing
-
             enable_gradient_checkpointing(self.model)
         self.collate = FlamingoCollator(self.processor)
         self.tokenizer = tokenizer
@@ -147,22 +129,4 @@ class FlamingoTask(ModelTask):
 
     def shard_units(self) -> list[nn.Module]:
         """FSDP2 units: every decoder layer (with its cross-attention block); the rest is the root unit."""
-        from frozenvl.train.recompute import decoder_layers
-
         return list(decoder_layers(self.model))
-
-
-def build_task(config: ModelConfig) -> Task:
-    """``model.kind``: ``flamingo``, ``flame`` (options in ``model.flame``) or ``clip_baseline``
-    (``model.clip_baseline``), the last two from ``frozenvl.flame.task``."""
-    if config.kind == "flamingo":
-        return FlamingoTask(config)
-    if config.kind == "flame":
-        from frozenvl.flame.task import FlameTask
-
-        return FlameTask.from_options(config.flame)
-    if config.kind == "clip_baseline":
-        from frozenvl.flame.task import ClipBaselineTask
-
-        return ClipBaselineTask.from_options(config.clip_baseline)
-    raise ValueError(f"unknown model.kind {config.kind!r}")

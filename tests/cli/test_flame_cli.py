@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from frozenvl.flame.cli import build_parser, main
+from frozenvl.cli.flame import build_parser, main
 from frozenvl.flame.model import FlameModel, flame_config
 from frozenvl.flame.store import EmbeddingStore
 from frozenvl.testing import tiny_lm, tiny_tokenizer

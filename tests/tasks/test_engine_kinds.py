@@ -10,12 +10,11 @@ from safetensors.torch import load_file
 from frozenvl.data import WorldConfig, generate_world
 from frozenvl.flame.caption_sources import iter_captions
 from frozenvl.flame.store import EmbeddingStore, embed_to_store
-from frozenvl.flame.task import ClipBaselineTask, FlameTask
 from frozenvl.flame.text_encoder import FacetTextEncoder
+from frozenvl.tasks import ClipBaselineTask, FlameTask, build_task
 from frozenvl.testing import tiny_lm, tiny_tokenizer
 from frozenvl.train.config import ConfigError, load_config
 from frozenvl.train.loop import train
-from frozenvl.train.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[2]
 TOWER = {"preset": "tiny", "image_size": 32, "vision": {"width": 32, "layers": 1, "heads": 2}, "head_hidden": 32}

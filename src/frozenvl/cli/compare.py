@@ -126,8 +126,8 @@ def run_config(config: ComparisonConfig, kind: str, world: Path, store: str):
 
 
 def train_model(config: ComparisonConfig, kind: str, world: Path, store: str) -> tuple[torch.nn.Module, dict]:
+    from frozenvl.tasks import build_task
     from frozenvl.train.loop import train
-    from frozenvl.train.tasks import build_task
 
     rc = run_config(config, kind, world, store)
     torch.manual_seed(config.seed)  # both models build visual then head first: identical initial image towers

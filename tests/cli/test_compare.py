@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from frozenvl.flame.compare import ComparisonConfig, format_table, run_comparison, run_config
+from frozenvl.cli.compare import ComparisonConfig, format_table, run_comparison, run_config
 from frozenvl.testing import tiny_lm, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

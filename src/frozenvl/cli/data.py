@@ -138,9 +138,9 @@ def _page_themes(pairs: list[str] | None) -> dict[str, float]:
 
 
 def _inspect(specs: list[str]) -> int:
-    from frozenvl.data.bad import BadSample, SkipCounter
     from frozenvl.data.formats import decode_sample
     from frozenvl.data.shards import expand_shards, read_shard
+    from frozenvl.data.skips import BadSample, SkipCounter
 
     skips, kinds = SkipCounter(), Counter()
     shards = expand_shards(specs)

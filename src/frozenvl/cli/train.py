@@ -1,6 +1,6 @@
 """``frozenvl train``: run or resume a training run described by a YAML config (plus dotted overrides).
 
-Also runnable as ``python -m frozenvl.train.cli`` (what torchrun needs with ``-m``).
+Also runnable as ``python -m frozenvl.cli.train`` (what torchrun needs with ``-m``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ examples:
   frozenvl train --config configs/flamingo_tiny_cpu.yaml train.steps=50 optim.lr=3e-4
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --resume          # continue after a kill
   frozenvl train --config configs/flamingo_tiny_cpu.yaml data.mixing=round_robin model.flamingo.gating=none
-  torchrun --nproc_per_node 2 -m frozenvl.train.cli --config configs/flamingo_tiny_cpu.yaml train.distributed=fsdp
+  torchrun --nproc_per_node 2 -m frozenvl.cli.train --config configs/flamingo_tiny_cpu.yaml train.distributed=fsdp
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --print-config    # the resolved config, then exit
 
 overrides are key.path=value (value parsed as YAML); datasets are addressed by name or index:

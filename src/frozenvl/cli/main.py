@@ -1,0 +1,69 @@
+"""The ``frozenvl`` command: the top-level parser; each command group is a module of this package with ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from frozenvl.cli import demo, generate
+from frozenvl.cli.errors import CLIError
+
+
+def _delegate(module: str):
+    def run(args) -> int:
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frozenvl",
+        description="Vision-language learning on frozen language models: Flamingo and FLAME.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo.add_parser(sub)
+    generate.add_parser(sub)
+
+    for name, (module, text) in DELEGATED.items():
+        p = sub.add_parser(name, help=text, add_help=False, description=text)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module))
+    return parser
+
+
+DELEGATED = {
+    name: (module, text) for name, module, text in [
+        ("train", "frozenvl.cli.train", "train a Flamingo from a YAML config (torchrun for several processes)"),
+        ("eval", "frozenvl.cli.eval", "few-shot evaluation of a Flamingo (captioning, VQA, classification, video)"),
+        ("data", "frozenvl.cli.data", "write the synthetic world, convert datasets to shards"),
+        ("flame", "frozenvl.cli.flame", "FLAME: offline facet embeddings and evaluation"),
+    ]
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in DELEGATED:  # these subcommands own their whole argument list, --help included
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
+        return 2
