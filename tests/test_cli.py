@@ -46,3 +46,15 @@ def test_generate_on_the_embedded_default(capsys):
                  "skimage:chelsea", "--image", "skimage:coffee", "--max-new-tokens", "5", "--num-beams", "1"])
     out = capsys.readouterr().out.strip()
     assert code == 0 and out  # a non-empty continuation
+
+
+def test_train_help_lists_the_keys_of_every_section(capsys):
+    """The key list of `frozenvl train --help` is read from the config classes, so it names every section's keys,
+    nested ones included (a key added to a config class appears without editing the help)."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "optim: lr, weight_decay, betas, eps, warmup_steps, schedule, min_lr_ratio, grad_clip, gate_lr" in out
+    assert "data.datasets.NAME: name, shards, weight, batch_size" in out
+    for key in ("init_from", "gradient_checkpointing", "max_nonfinite_steps", "eval_datasets.NAME.*"):
+        assert key in out

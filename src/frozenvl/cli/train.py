@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-EPILOG = """\
+EXAMPLES = """\
 examples:
   frozenvl train --config configs/flamingo_tiny_cpu.yaml
   frozenvl train --config configs/flamingo_tiny_cpu.yaml train.steps=50 optim.lr=3e-4
@@ -21,12 +21,38 @@ examples:
 
 overrides are key.path=value (value parsed as YAML); datasets are addressed by name or index:
   data.datasets.pairs.weight=0.5   data.datasets.0.batch_size=4   model.flamingo.cross_attn_every=2
-sections: model (lm, vision, lm_init, flamingo.*, train_lm, train_vision, lm_lr, vision_lr,
-gradient_checkpointing), data (datasets, mixing, eval_datasets, eval_batches, seed, shuffle_buffer, num_workers),
-optim (lr, weight_decay, betas, eps, warmup_steps, schedule, min_lr_ratio, grad_clip), train (run_dir, steps,
-grad_accum, precision, distributed, device, seed, log_every, eval_every, checkpoint_every, keep_checkpoints,
-max_nonfinite_steps, progress, tensorboard, threads). See docs/training.md.
 """
+
+
+def describe_sections(schema: type, path: str = "") -> dict[str, list[str]]:
+    """The keys of a config dataclass, section by section (``{"model.flamingo": ["cross_attn_every", ...]}``); a
+    list of sections is shown once, as ``data.datasets.NAME``."""
+    import dataclasses
+    import typing
+
+    sections: dict[str, list[str]] = {path: []}
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp, key = hints[f.name], f"{path}.{f.name}" if path else f.name
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            tp, key = typing.get_args(tp)[0], f"{key}.NAME"
+        if dataclasses.is_dataclass(tp):
+            sections[path].append(f.name + (".NAME.*" if key.endswith(".NAME") else ".*"))
+            sections.update(describe_sections(tp, key))
+        else:
+            sections[path].append(f.name)
+    return sections
+
+
+def epilog() -> str:
+    """The examples, then every key of the run config, read from the config classes themselves."""
+    import textwrap
+
+    from frozenvl.train.config import RunConfig
+
+    lines = [textwrap.fill(f"{section}: {', '.join(keys)}", width=116, subsequent_indent="    ")
+             for section, keys in describe_sections(RunConfig).items() if section]
+    return EXAMPLES + "\nkeys (NAME: a dataset's name or index):\n" + "\n".join(lines) + "\nSee docs/training.md.\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Flamingo (frozen LM + frozen vision encoder) on a mixture of webdataset shards, on "
                     "one process or under torchrun (DDP or FSDP2). Writes metrics.jsonl, checkpoints (trainable "
                     "weights only, atomic, last K kept) and the resolved config.yaml into train.run_dir.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (default: the built-in defaults, which need data.datasets)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in train.run_dir (exactly: weights, optimizer, "
