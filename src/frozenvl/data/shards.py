@@ -1,15 +1,11 @@
 """Webdataset tar shards: an atomic writer and a reader that survives broken shards.
 
-Writer: samples go to `{prefix}-{index:06d}.tar`; each shard is written to a temporary file and renamed into
-place
-when complete, so a killed job never leaves a half-written shard under a final name. Member mtimes are
-fixed, so
+Writer: samples go to `{prefix}-{index:06d}.tar`; each shard is written to a temporary file and renamed into place
+when complete, so a killed job never leaves a half-written shard under a final name. Member mtimes are fixed, so
 the same samples give byte-identical shards (deterministic synthetic data).
 
-Reader: groups consecutive members by key (the webdataset convention: `dir/name.ext.ext2` has key `dir/name`
-and
-extension `ext.ext2`) and yields `{"__key__": ..., ext: bytes, ...}`. Missing, unreadable and truncated
-shards are
+Reader: groups consecutive members by key (the webdataset convention: `dir/name.ext.ext2` has key `dir/name` and
+extension `ext.ext2`) and yields `{"__key__": ..., ext: bytes, ...}`. Missing, unreadable and truncated shards are
 counted, never raised.
 """
 
@@ -178,8 +174,7 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
             # Cut at a member boundary: tarfile sees a clean end. The last sample may be incomplete: drop it.
             raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as e:
-        # The sample being assembled when the cut came is incomplete: it is dropped, the ones before were
-        # kept.
+        # The sample being assembled when the cut came is incomplete: it is dropped, the ones before were kept.
         reason = "truncated_shard" if n_members else "unreadable_shard"
         skips.add(reason, f"{path}: {type(e).__name__}: {e}")
         return
@@ -194,8 +189,3 @@ def _has_end_marker(path: str | Path, offset: int) -> bool:
             return True  # compressed: gzip's own checks catch truncation
         f.seek(offset)
         return f.read(1024) == bytes(1024)
-
-
-def count_samples(paths: Iterable[str | Path]) -> int:
-    """Number of samples in shards (reads member headers only)."""
-    return sum(1 for p in paths for _ in read_shard(p))

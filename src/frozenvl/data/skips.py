@@ -1,7 +1,6 @@
 """Bad-data policy: every sample the loader or a converter cannot use is skipped and counted by reason.
 
-Nothing in a shard may crash or hang a run. Readers raise `BadSample(reason)` for a sample they cannot use;
-the
+Nothing in a shard may crash or hang a run. Readers raise `BadSample(reason)` for a sample they cannot use; the
 loop that drives them catches it, counts it in a `SkipCounter` and moves on. Counters travel from DataLoader
 workers to the main process inside the batches, so the trainer can log them.
 """
@@ -34,8 +33,7 @@ SKIP_REASONS: dict[str, str] = {
     "low_similarity": "image-text similarity below min_similarity",
     "transform_failed": "the loader's transform raised an exception on this sample",
 }
-# Not bad data: samples removed on purpose by a sampling policy. Counted in the same counter under these
-# names.
+# Not bad data: samples removed on purpose by a sampling policy. Counted in the same counter under these names.
 POLICY_REASONS: dict[str, str] = {
     "dropped_single_image": "single-image interleaved page dropped with probability single_image_drop_prob",
 }

@@ -82,10 +82,6 @@ def wrap(model: nn.Module, d: Dist, mode: str, shard_units: list[nn.Module] = ()
     raise ValueError(f"unknown distributed mode {mode!r}; choose 'ddp' or 'fsdp'")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
-
-
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Accumulate gradients locally (no communication) unless ``enabled``: the last backward of a step syncs."""
@@ -119,14 +115,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any) -> Any:
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:
