@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from frozenvl.data.skips import SkipCounter
 from frozenvl.flame.caption_sources import iter_captions
 from frozenvl.flame.store import EmbeddingStore, EmbeddingStoreWriter, StoreMismatchError, embed_to_store
 from frozenvl.flame.text_encoder import FacetTextEncoder
@@ -111,6 +112,11 @@ def test_caption_sources_jsonl_and_tar(tmp_path):
     got = list(iter_captions([jsonl, shard]))
     assert got == [("x1", "a cat"), ("x2", "a dog"), ("s/0001", "first caption"),
                    ("s/0002", "second caption")]
+    skips = SkipCounter()  # the data package's bad-data policy: skipped and counted
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a tar")
+    assert list(iter_captions([jsonl, shard, broken], skips)) == got
+    assert skips.as_dict() == {"bad_json": 1, "missing_field": 2, "unreadable_shard": 1}
     (tmp_path / "caps.csv").write_text("k,c\n")
     with pytest.raises(ValueError, match="jsonl"):
         list(iter_captions([tmp_path / "caps.csv"]))

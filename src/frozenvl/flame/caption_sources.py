@@ -1,8 +1,9 @@
 """Caption inputs for ``frozenvl flame embed``: JSONL of {key, caption}, or webdataset tar shards of pairs.
 
-The tar reader is deliberately small (stdlib ``tarfile``): members are grouped by sample key (the member path up
-to the first dot of its file name), the caption is the ``.txt`` member, else the ``"caption"`` field of the
-``.json`` member. Samples without a readable caption are skipped and counted, never a crash.
+Shards are read by :func:`frozenvl.data.shards.read_shard` (members grouped by sample key, the member path up to
+the first dot of its file name); the caption is the ``.txt`` member, else the ``"caption"`` field of the ``.json``
+member. The bad-data policy is the data package's: unreadable shards, bad JSONL lines and samples without a
+readable caption are skipped and counted in a :class:`~frozenvl.data.skips.SkipCounter`, never a crash.
 """
 
 from __future__ import annotations
@@ -10,93 +11,77 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from frozenvl.data.shards import read_shard
+from frozenvl.data.skips import BadSample, SkipCounter
 
 log = logging.getLogger(__name__)
 
 
-def _split_member(name: str) -> tuple[str, str]:
-    folder, base = os.path.split(name)
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext
-
-
-def iter_jsonl_captions(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+def iter_jsonl_captions(path: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[tuple[str, str]]:
     """(key, caption) from a JSONL file with one {"key": ..., "caption": ...} object per line."""
+    skips = skips if skips is not None else SkipCounter()
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                yield str(record["key"]), str(record.get("caption") or "")
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                log.warning("%s line %d: skipped (%s)", path, line_no, e)
-
-
-def _caption_of(members: dict[str, bytes]) -> str | None:
-    if "txt" in members:
-        return members["txt"].decode("utf-8", errors="replace")
-    if "json" in members:
-        try:
-            caption = json.loads(members["json"]).get("caption")
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            return None
-        return caption if isinstance(caption, str) else None
-    return None
-
-
-def _grouped_members(tar: tarfile.TarFile, path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Consecutive members with the same key, as {extension: bytes} (caption members only)."""
-    current, members = None, {}
-    try:
-        for info in tar:
-            if not info.isfile():
+                key, caption = str(record["key"]), str(record.get("caption") or "")
+            except (json.JSONDecodeError, TypeError) as e:  # TypeError: a line that is not an object
+                skips.add("bad_json", f"{path} line {line_no}: {e}")
                 continue
-            key, ext = _split_member(info.name)
-            if key != current:
-                if current is not None:
-                    yield current, members
-                current, members = key, {}
-            if ext in ("txt", "json"):
-                members[ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        log.warning("shard %s is truncated or corrupt after sample %s: %s", path, current, e)
-    if current is not None:
-        yield current, members
+            except KeyError:
+                skips.add("missing_field", f"{path} line {line_no}: no 'key'")
+                continue
+            yield key, caption
 
 
-def iter_tar_captions(paths: Sequence[str | os.PathLike]) -> Iterator[tuple[str, str]]:
-    """(key, caption) from webdataset shards; only the caption members are read into memory."""
-    for path in paths:
+def _caption_of(sample: dict[str, bytes | str]) -> str:
+    """The ``.txt`` member, else the ``"caption"`` of the ``.json`` member; raises :class:`BadSample`."""
+    key = sample["__key__"]
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8", errors="replace")
+    if "json" in sample:
         try:
-            tar = tarfile.open(path, "r:*")
-        except (tarfile.TarError, OSError) as e:
-            log.warning("skipped unreadable shard %s: %s", path, e)
-            continue
-        skipped = 0
-        with tar:
-            for key, members in _grouped_members(tar, path):
-                caption = _caption_of(members)
-                if caption is None:
-                    skipped += 1
-                    continue
-                yield key, caption
-        if skipped:
-            log.warning("%s: %d samples without a caption skipped", path, skipped)
+            caption = json.loads(sample["json"]).get("caption")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
+            raise BadSample("bad_json", f"{key}: {e}") from e
+        if isinstance(caption, str):
+            return caption
+    raise BadSample("missing_field", f"{key}: no caption (a .txt member or a 'caption' string in .json)")
 
 
-def iter_captions(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, str]]:
-    """Dispatch on the file type: ``.jsonl`` files or ``.tar`` shards (in the order given)."""
+def iter_tar_captions(paths: Sequence[str | os.PathLike],
+                      skips: SkipCounter | None = None) -> Iterator[tuple[str, str]]:
+    """(key, caption) from webdataset shards, in shard order."""
+    skips = skips if skips is not None else SkipCounter()
+    for path in paths:
+        for sample in read_shard(path, skips):
+            try:
+                caption = _caption_of(sample)
+            except BadSample as bad:
+                skips.add(bad.reason, f"{path}: {bad.detail}")
+                continue
+            yield str(sample["__key__"]), caption
+
+
+def iter_captions(inputs: Sequence[str | os.PathLike], skips: SkipCounter | None = None
+                  ) -> Iterator[tuple[str, str]]:
+    """Dispatch on the file type: ``.jsonl`` files or ``.tar`` shards (in the order given). What was skipped is
+    counted in ``skips`` and logged once at the end."""
+    skips = skips if skips is not None else SkipCounter()
     for item in inputs:
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"caption input {path} does not exist")
         if path.suffix == ".jsonl":
-            yield from iter_jsonl_captions(path)
+            yield from iter_jsonl_captions(path, skips)
         elif path.name.endswith((".tar", ".tar.gz", ".tgz")):
-            yield from iter_tar_captions([path])
+            yield from iter_tar_captions([path], skips)
         else:
             raise ValueError(f"caption input {path}: expected a .jsonl file or .tar webdataset shards")
+    if skips.total:
+        log.warning("caption inputs: %d skipped\n%s", skips.total, skips.report())
