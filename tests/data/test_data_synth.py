@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from frozenvl.cli.data import main
-from frozenvl.data import LoaderConfig, ShardDataset
-from frozenvl.data.synth import COLOURS, EVAL_WORDS, HELDOUT, SHAPES, TRAIN_WORDS, WorldConfig, generate_world
+from frozenvl.data import LoaderConfig, ShardDataset, ShardWriter, SkipCounter, read_shard
+from frozenvl.data.synth import (
+    COLOURS,
+    EVAL_WORDS,
+    HELDOUT,
+    SHAPES,
+    TRAIN_WORDS,
+    WorldConfig,
+    generate_world,
+    iter_world_split,
+)
 
 SMALL = dict(n_pairs=300, n_interleaved=60, n_video=30, n_eval=60, n_episodes=40, shard_size=100, frames=4)
 
@@ -36,6 +45,26 @@ def test_layout_and_metadata(world):
                                     "retrieval", "video_qa", "icl_words", "heldout"}
     for split, info in saved["splits"].items():
         assert len(load(out, split)) == info["samples"], split  # every sample decodes: nothing skipped
+
+
+def test_evaluation_split_reader(world, tmp_path):
+    """One reader of the evaluation splits (the Flamingo tasks and the FLAME sets both use it)."""
+    out, meta = world
+    keys = [s["key"] for s in iter_world_split(out, "vqa")]
+    assert len(keys) == meta["splits"]["vqa"]["samples"] and len(set(keys)) == len(keys)
+    assert [s["key"] for s in iter_world_split(out / "eval", "vqa")] == keys  # the eval folder
+    assert [s["key"] for s in iter_world_split(str(out / "eval" / "vqa-*.tar"), "vqa")] == keys  # a shard spec
+    # Bad samples are skipped and counted, never raised.
+    raw = list(read_shard(out / "eval" / "vqa-000000.tar"))[:3]
+    with ShardWriter(tmp_path / "bad" / "eval", "vqa") as w:
+        for i, sample in enumerate(raw):
+            w.write({k: (b"not an image" if i == 1 and k == "png" else v) for k, v in sample.items()
+                     if k != "__shard__"})
+    skips = SkipCounter()
+    assert [s["key"] for s in iter_world_split(tmp_path / "bad", "vqa", skips)] == [keys[0], keys[2]]
+    assert skips.as_dict() == {"corrupt_image": 1}
+    with pytest.raises(FileNotFoundError, match="no retrieval-"):
+        list(iter_world_split(tmp_path / "bad", "retrieval"))
 
 
 def test_same_seed_same_bytes(world, tmp_path):

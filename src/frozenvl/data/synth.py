@@ -29,6 +29,7 @@ from frozenvl.data.formats import (
     RawSample,
     caption_record,
     classification_record,
+    decode_sample,
     interleaved_sample,
     pair_sample,
     retrieval_record,
@@ -36,7 +37,8 @@ from frozenvl.data.formats import (
     video_sample,
     vqa_record,
 )
-from frozenvl.data.shards import ShardWriter
+from frozenvl.data.shards import ShardWriter, expand_shards, read_shard
+from frozenvl.data.skips import BadSample, SkipCounter
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 225),
@@ -493,3 +495,35 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(out / "world.json")
     return meta
+
+
+# ------------------------------------------------------------------------------------------ reading the world
+
+def world_split_shards(path: str | Path, split: str) -> list[str]:
+    """The shards of one evaluation split: from a world folder (``<world>/eval/<split>-*.tar``), its ``eval``
+    folder, or a shard spec (see :func:`~frozenvl.data.shards.expand_shards`)."""
+    root = Path(path)
+    for folder in (root / "eval", root):
+        if folder.is_dir():
+            shards = sorted(str(p) for p in folder.glob(f"{split}-*.tar"))
+            if shards:
+                return shards
+    if root.is_dir():
+        raise FileNotFoundError(f"{path}: no {split}-*.tar shards (expected a synthetic world folder generated "
+                                "with this split)")
+    shards = expand_shards(str(path))
+    if not shards or not all(Path(s).exists() for s in shards):
+        raise FileNotFoundError(f"no shards found at {path}")
+    return shards
+
+
+def iter_world_split(path: str | Path, split: str, skips: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples (:func:`~frozenvl.data.formats.decode_sample`) of one evaluation split, in shard order.
+    Bad samples are skipped and counted in ``skips``, never raised."""
+    skips = skips if skips is not None else SkipCounter()
+    for shard in world_split_shards(path, split):
+        for raw in read_shard(shard, skips):
+            try:
+                yield decode_sample(raw)
+            except BadSample as bad:
+                skips.add(bad.reason, str(bad))

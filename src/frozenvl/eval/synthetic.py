@@ -12,7 +12,6 @@ words. Its queries take their demonstrations from the support records of their o
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from frozenvl.eval.harness import TaskData
 from frozenvl.eval.records import EvalRecord
@@ -25,25 +24,6 @@ SYNTHETIC_TASKS: dict[str, str] = {  # task name -> split of the world
     "synth_video_qa": "video_qa",
     "synth_icl_words": "icl_words",
 }
-
-
-
-def _shards(path: str | os.PathLike, split: str) -> list[str]:
-    """A world folder (``<world>/eval/<split>-*.tar``), its ``eval`` folder, or a shard spec."""
-    from frozenvl.data import expand_shards
-
-    root = Path(path)
-    for folder in (root / "eval", root):
-        if folder.is_dir():
-            shards = sorted(str(p) for p in folder.glob(f"{split}-*.tar"))
-            if shards:
-                return shards
-    if root.is_dir():
-        raise FileNotFoundError(f"{path}: no {split}-*.tar shards (expected a synthetic world folder)")
-    shards = expand_shards(str(path))
-    if not shards or not all(os.path.exists(s) for s in shards):
-        raise FileNotFoundError(f"no shards found at {path}")
-    return shards
 
 
 def _record(sample: dict) -> EvalRecord:
@@ -67,21 +47,15 @@ def _record(sample: dict) -> EvalRecord:
 
 
 def read_world_split(path: str | os.PathLike, split: str) -> list[EvalRecord]:
-    """All records of one evaluation split, in shard order. Bad samples are skipped and counted (a warning
-    says how many)."""
+    """All records of one evaluation split (:func:`frozenvl.data.synth.iter_world_split`), in shard order. Bad
+    samples are skipped and counted (a warning says how many)."""
     import warnings
 
-    from frozenvl.data import SkipCounter, decode_sample, read_shard
-    from frozenvl.data.skips import BadSample
+    from frozenvl.data import SkipCounter
+    from frozenvl.data.synth import iter_world_split
 
     skips = SkipCounter()
-    records = []
-    for shard in _shards(path, split):
-        for raw in read_shard(shard, skips):
-            try:
-                records.append(_record(decode_sample(raw)))
-            except BadSample as bad:
-                skips.add(bad.reason, str(bad))
+    records = [_record(sample) for sample in iter_world_split(path, split, skips)]
     if skips.total:
         warnings.warn(f"{path} ({split}): skipped {skips.total} bad samples: {skips.as_dict()}", stacklevel=2)
     if not records:

@@ -12,13 +12,11 @@ Images come back preprocessed, (N, 3, S, S), ready for :func:`frozenvl.flame.eva
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
+from frozenvl.data.synth import iter_world_split
 from frozenvl.flame.inference import image_transform
 
 
@@ -36,28 +34,12 @@ class TensorRetrievalSet:
     text_to_image: list[int]
 
 
-def _records(world: str | os.PathLike, split: str) -> Iterator[dict[str, Any]]:
-    from frozenvl.data import SkipCounter, decode_sample, read_shard
-    from frozenvl.data.skips import BadSample
-
-    shards = sorted(Path(world, "eval").glob(f"{split}-*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"{world}/eval has no {split}-*.tar shards: generate the world with this split")
-    skips = SkipCounter()
-    for shard in shards:
-        for raw in read_shard(shard, skips):
-            try:
-                yield decode_sample(raw)
-            except BadSample as bad:
-                skips.add(bad.reason, str(bad))
-
-
 def world_classification(world: str | os.PathLike, split: str, image_size: int,
                          limit: int | None = None) -> TensorClassificationSet:
     """Records of a classification split; class names are the records' ``choices`` (the same for all)."""
     transform = image_transform(image_size)
     images, labels, classnames = [], [], None
-    for record in _records(world, split):
+    for record in iter_world_split(world, split):
         if classnames is None:
             classnames = list(record["choices"])
         elif list(record["choices"]) != classnames:
@@ -76,7 +58,7 @@ def world_retrieval(world: str | os.PathLike, image_size: int, long: bool = True
     """Images with their long caption (``long=True``) or their short captions."""
     transform = image_transform(image_size)
     images, captions, owner = [], [], []
-    for record in _records(world, split):
+    for record in iter_world_split(world, split):
         texts = record.get("long_captions") if long else record.get("captions")
         if not texts:
             continue
