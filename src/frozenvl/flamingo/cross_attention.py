@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frozenvl.flamingo.feed_forward import feed_forward
 from frozenvl.flamingo.media_mask import MediaMask
-from frozenvl.flamingo.resampler import feed_forward
 
 
 class TanhGate(nn.Module):

@@ -1,4 +1,5 @@
-"""Loss masking for Flamingo's next-token objective (DESIGN.md section 1).
+"""Flamingo's objective: next-token cross-entropy over the text, with targets masked (docs/architecture.md,
+"Loss mask").
 
 Ignored targets: padding; ``<image>`` tokens; text before the first image; text after an ``<|endofchunk|>``
 until the next ``<image>`` (in interleaved pages that text belongs to no image). ``<|endofchunk|>`` itself is a
@@ -8,6 +9,7 @@ target: the model must learn where a chunk ends, which is also where generation 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
@@ -28,3 +30,13 @@ def flamingo_labels(labels: torch.Tensor, input_ids: torch.Tensor, attention_mas
     last_eoc_before = torch.cat([torch.full_like(last_eoc[:, :1], -1), last_eoc[:, :-1]], dim=1)  # strictly before
     out[last_eoc_before > last_image] = IGNORE_INDEX
     return out
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that are not ignored. (B, L, V), (B, L) -> ()"""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0  # nothing to learn from: a zero that keeps the graph
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)

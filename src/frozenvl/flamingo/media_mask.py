@@ -1,4 +1,4 @@
-"""Which image each text token may see (DESIGN.md section 1).
+"""Which image each text token may see (docs/architecture.md, "Media mask").
 
 ``text_time = cumsum(input_ids == <image>)`` along the sequence, inclusive, so an ``<image>`` token sees its own
 image. A token sees image ``text_time`` only (default) or every image up to it (``only_immediate=False``), and never

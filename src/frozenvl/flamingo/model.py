@@ -11,28 +11,22 @@ prefix-cached scoring never recompute the prompt, the images, or the visual keys
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
 from frozenvl.backbones.vision import VisionEncoder, build_vision
-from frozenvl.files import atomic_path
 from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
 from frozenvl.flamingo.generation import generate
-from frozenvl.flamingo.loss import IGNORE_INDEX, flamingo_labels
+from frozenvl.flamingo.loss import causal_lm_loss, flamingo_labels
 from frozenvl.flamingo.media_mask import build_media_mask, image_documents, single_image_mask, text_time
 from frozenvl.flamingo.processor import check_extra_arguments
 from frozenvl.flamingo.resampler import build_resampler
-
-WEIGHTS_NAME = "trainable.safetensors"
-CONFIG_NAME = "flamingo_config.json"
+from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
@@ -82,7 +76,13 @@ class FlamingoOutput:
     cache: FlamingoCache | None = None
 
 
-class Flamingo(nn.Module):
+class Flamingo(PretrainedModel, nn.Module):
+    """Saved by :meth:`save_pretrained` as its config (which names the backbones' sources) and its trainable
+    tensors; :meth:`from_pretrained` loads the backbones again from those sources or takes them as arguments."""
+
+    model_type = "flamingo"
+    config_class = FlamingoConfig
+
     def __init__(self, config: FlamingoConfig, lm: FrozenLanguageModel, vision: VisionEncoder):
         super().__init__()
         self.config = config
@@ -138,7 +138,7 @@ class Flamingo(nn.Module):
         input_ids: torch.Tensor,  # (B, L)
         attention_mask: torch.Tensor | None = None,  # (B, L)
         pixel_values: torch.Tensor | None = None,  # (B, T_img, [F,] C, H, W)
-        labels: torch.Tensor | None = None,  # (B, L); masked by the rules of DESIGN.md section 1
+        labels: torch.Tensor | None = None,  # (B, L); masked as flamingo.loss says
         document_ids: torch.Tensor | None = None,  # (B, L) packed documents never see each other's images
         cache: FlamingoCache | None = None,
         use_cache: bool = False,
@@ -236,19 +236,6 @@ class Flamingo(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the config and the trainable weights (safetensors) atomically; backbones are referenced."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            self.config.save(tmp / CONFIG_NAME)
-            tensors = {n: t.contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "frozenvl": "flamingo"})
-            (tmp / "backbones.json").write_text(json.dumps({"lm": self.config.lm, "vision": self.config.vision},
-                                                           indent=2) + "\n")
-
     def load_trainable(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
         missing = sorted(set(own) - set(tensors))
@@ -265,38 +252,26 @@ class Flamingo(nn.Module):
                                          f"{tuple(own[name].shape)}")
                     own[name].copy_(tensor)
 
+    # The save/load contract (frozenvl.pretrained): only the trainable tensors are saved; the backbones are
+    # referenced by source in the config.
+    def saved_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.trainable_state_dict()
+
+    def load_saved_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_trainable(tensors)
+
     @classmethod
-    def from_pretrained(cls, path: str | Path, lm=None, tokenizer=None, vision=None,
-                        **overrides) -> Flamingo:
-        """Rebuild from a folder written by :meth:`save_pretrained`.
-
-        The frozen backbones are loaded from the sources in the config, or taken from ``lm``/``tokenizer``/
-        ``vision`` (model instances, or source strings) when given.
-        """
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not (path / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"{path} is not a frozenvl Flamingo folder: {CONFIG_NAME} is missing")
-        config = FlamingoConfig.load(path / CONFIG_NAME)
+    def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, **overrides) -> Flamingo:
+        """A fresh Flamingo of ``config`` (fields replaced by ``overrides``) around its backbones: loaded from the
+        sources in the config, or taken from ``lm``/``tokenizer``/``vision`` (instances or sources) when given.
+        ``Flamingo.from_pretrained(folder, lm=..., vision=..., num_latents=...)`` passes its arguments here."""
         if overrides:
             config = replace(config, **overrides)
-        model = cls.from_backbones(config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
-                                   vision=vision if vision is not None else config.vision)
-        model.load_trainable(load_file(str(path / WEIGHTS_NAME)))
-        return model
+        return cls.from_backbones(config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
+                                  vision=vision if vision is not None else config.vision)
 
 
 def describe_source(source) -> str:
     """How a backbone is recorded in a saved config: its source string, or the class of an instance."""
     return source if isinstance(source, str) else f"<instance:{type(source).__name__}>"
 
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the targets that are not ignored. (B, L, V), (B, L) -> ()"""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    if not bool((shift_labels != IGNORE_INDEX).any()):
-        return shift_logits.sum() * 0.0  # nothing to learn from: a zero that keeps the graph
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)

@@ -14,13 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
-    """Pre-norm MLP without biases (the layout OpenFlamingo checkpoints use: 0=norm, 1=up, 3=down)."""
-    inner = dim * mult
-    return nn.Sequential(
-        nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)
-    )
+from frozenvl.flamingo.feed_forward import feed_forward
 
 
 class PerceiverAttention(nn.Module):
