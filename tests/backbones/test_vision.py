@@ -32,6 +32,26 @@ def test_open_clip_patch_tokens():
     _check(build_vision(visual), 16, 32)  # 4x4 patches, class token dropped
 
 
+def test_open_clip_tower_of_the_caller_is_not_changed():
+    """The adapter reads the patch tokens without setting ``output_tokens`` on the caller's tower; they are the
+    tokens open_clip itself returns with ``output_tokens=True``."""
+    import copy
+
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    visual = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_ratio=2.0,
+                               output_dim=16)
+    reference = copy.deepcopy(visual).eval()  # the encoder runs its tower in eval mode
+    reference.output_tokens = True
+    encoder = build_vision(visual)
+    assert visual.output_tokens is False
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(encoder(pixels), reference(pixels)[1])
+        assert visual(pixels).shape == (2, 16)  # the caller's tower still returns its pooled embedding only
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_transformers_vision_models(kind):
     import transformers as tf

@@ -122,17 +122,24 @@ def from_timm(model: nn.Module, name: str = "timm") -> VisionEncoder:
     return VisionEncoder(model, lambda m, x: m.forward_features(x), model.num_features, transform, size, name)
 
 
+def _open_clip_patch_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, n_patches, width): the tokens an open_clip VisionTransformer returns beside its pooled
+    embedding with ``output_tokens=True``, computed by the same stages its ``forward`` runs, so the caller's tower
+    is used as it is (its ``output_tokens`` is never set)."""
+    _, tokens = visual._pool(visual.transformer(visual._embeds(pixels)))
+    return tokens
+
+
 def from_open_clip(model: nn.Module, name: str = "open_clip") -> VisionEncoder:
     """An open_clip CLIP model (or its ``.visual``): the patch tokens (after ``ln_post``), class token dropped."""
     visual = getattr(model, "visual", model)
-    if not hasattr(visual, "output_tokens"):
-        raise ValueError(f"{name}: only open_clip VisionTransformer towers expose patch tokens")
-    visual.output_tokens = True
+    if not all(hasattr(visual, a) for a in ("output_tokens", "_embeds", "transformer", "_pool")):
+        raise ValueError(f"{name}: only open_clip (>= 3.0) VisionTransformer towers expose patch tokens")
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
     mean = getattr(visual, "image_mean", None) or CLIP_MEAN
     std = getattr(visual, "image_std", None) or CLIP_STD
     width = visual.transformer.width
-    return VisionEncoder(visual, lambda m, x: m(x)[1], width, ImageTransform(size, mean, std), size, name)
+    return VisionEncoder(visual, _open_clip_patch_tokens, width, ImageTransform(size, mean, std), size, name)
 
 
 def from_transformers(model: nn.Module, name: str = "transformers") -> VisionEncoder:
