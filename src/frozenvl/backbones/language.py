@@ -129,12 +129,12 @@ def load_causal_lm(
     return model, tok
 
 
-def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Find the decoder block list of any causal LM, with no per-architecture table.
 
     The decoder blocks are the ``nn.ModuleList`` with ``num_hidden_layers`` entries of one class (the largest
-    such list if the config is silent). Returns ``(parent, attribute name, list)`` so that the list can be
-    replaced in place by wrappers.
+    such list if the config is silent). Returns ``(path, list)``: the list's dotted name in ``model``, so that it
+    can be replaced by wrappers (``model.set_submodule``) and found again (``model.get_submodule``).
     """
     config = getattr(model, "config", None)
     n_layers = None
@@ -142,17 +142,14 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList
         text = _text_config(config)
         n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
     candidates = []
-    for _parent_name, parent in model.named_modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.ModuleList) and len(child) > 0:
-                classes = {type(m).__name__ for m in child}
-                if len(classes) == 1:
-                    candidates.append((parent, attr, child))
+    for path, child in model.named_modules():
+        if isinstance(child, nn.ModuleList) and len(child) > 0 and len({type(m).__name__ for m in child}) == 1:
+            candidates.append((path, child))
     if not candidates:
         raise ValueError(f"no decoder layer list found in {type(model).__name__}")
-    exact = [c for c in candidates if n_layers is not None and len(c[2]) == n_layers]
+    exact = [c for c in candidates if n_layers is not None and len(c[1]) == n_layers]
     pool = exact or candidates
-    return max(pool, key=lambda c: sum(p.numel() for p in c[2].parameters()))
+    return max(pool, key=lambda c: sum(p.numel() for p in c[1].parameters()))
 
 
 def freeze(module: nn.Module) -> nn.Module:

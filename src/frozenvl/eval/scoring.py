@@ -5,9 +5,10 @@ its demonstrations shares ``context``: :meth:`FewShotScorer.encode_prefix` runs 
 keeps the :class:`~frozenvl.flamingo.FlamingoCache` (LM keys/values, visual tokens of the demonstration images,
 cross-attention keys/values). Then
 
-- close-ended: the query is appended to a copy of the prefix cache, and the candidates are scored in batches
-  by repeating that cache over the batch; one forward per batch of candidates, over the candidate tokens only;
-- open-ended: a batch of queries is appended to copies of the prefix cache and decoded (beam search with the
+- close-ended: the query is appended to a selection of the prefix cache, and the candidates are scored in
+  batches by repeating that cache over the batch; one forward per batch of candidates, over the candidate tokens
+  only;
+- open-ended: a batch of queries is appended to selections of the prefix cache and decoded (beam search with the
   model's own :func:`~frozenvl.flamingo.generation.generate`), so neither the demonstration text nor its images
   are encoded again.
 
@@ -19,7 +20,6 @@ without, and the uncached sequence is their concatenation.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,12 +53,12 @@ class Prefix:
     cache: Any = None  # FlamingoCache
 
     def expanded(self, rows: int) -> Any:
-        """A fresh copy of the cache repeated ``rows`` times; the stored cache stays untouched (the LM's KV
-        cache grows in place when continued, and ``select`` reorders it in place)."""
+        """A new cache, the stored one repeated ``rows`` times, to be continued; the stored cache stays as it
+        was (``select`` never changes its input, and only the new cache's LM KV cache grows when continued)."""
         if self.cache is None:
             return None
         index = torch.zeros(rows, dtype=torch.long, device=self.cache.media_docs.device)
-        return copy.deepcopy(self.cache).select(index)
+        return self.cache.select(index)
 
 
 @dataclass
@@ -161,7 +161,7 @@ class FewShotScorer:
             for i, c in enumerate(batch):  # right padding: padding comes after every real token
                 cand[i, :len(c)] = torch.tensor(c)
                 mask[i, :len(c)] = 1
-            cache = copy.deepcopy(query_cache).select(torch.zeros(n, dtype=torch.long, device=self.device))
+            cache = query_cache.select(torch.zeros(n, dtype=torch.long, device=self.device))  # query_cache kept
             logits = self.model(cand, mask, cache=cache).logits  # (n, L, V)
             logits = torch.cat([next_logits.expand(n, 1, -1), logits[:, :-1]], dim=1)  # predicts cand[:, t]
             token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)

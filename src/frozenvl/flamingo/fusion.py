@@ -1,52 +1,37 @@
 """Fusing cross-attention into a frozen LM by wrapping its decoder layers (the LM itself is not rewritten).
 
-Conditioning travels with the call, not on the layers: :meth:`Flamingo.forward` opens a :func:`conditioning`
-scope holding a :class:`VisualContext` (visual tokens, the media mask of the tokens being processed, and a
-per-call cache of cross-attention keys/values); every wrapped layer reads it while that scope is open. When the
-scope closes, nothing is left behind, so a layer called outside a Flamingo call behaves exactly like the frozen
-LM's layer. This works for any Hugging Face architecture, whatever arguments its model passes to its layers.
+Conditioning travels with the call, not on the layers. :meth:`Flamingo.forward` computes everything the fused
+layers need before it calls the LM: the media mask of the tokens being processed and, per fused layer, the
+cross-attention keys/values over the visual tokens (:meth:`FusedDecoderLayer.keys_values`). It hands them over
+in a read-only :class:`VisualContext` for the duration of the LM call (:func:`conditioning`, a context variable)
+and puts the keys/values it computed in the cache it returns. The layers only read the context: nothing is
+written during the call, and when the scope closes nothing is left behind, so a layer called outside a Flamingo
+call behaves exactly like the frozen LM's layer. This works for any Hugging Face architecture, whatever arguments
+its model passes to its layers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
+from frozenvl.flamingo.cache import KeysValues
+from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.media_mask import MediaMask
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisualContext:
-    media: torch.Tensor | None  # (B, T_img, n, Dv) visual tokens; None when the sequence has no image (yet)
-    mask: MediaMask | None  # for the tokens of the current LM call; None without images
-    # Cross-attention keys/values per fused layer, computed on first use and reused for every decoding step.
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    # Keys/values of the first images of ``media``, from an earlier call (a cached prefix): only the images
-    # after them are projected, and appended.
-    past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """What the fused layers read during one LM call."""
 
-    def keys_values(self, index: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Layer ``index``'s cross-attention keys/values over all of ``media``: (B, H, T_img*n, d) each; None
-        without images."""
-        if self.media is None:
-            return None
-        kv = self.kv.get(index)
-        if kv is None:
-            past = self.past_kv.get(index)
-            if past is None:
-                kv = attn.project_media(self.media)
-            else:
-                seen = past[0].shape[2] // self.media.shape[2]  # images already projected
-                new_k, new_v = attn.project_media(self.media[:, seen:])
-                kv = torch.cat([past[0], new_k], dim=2), torch.cat([past[1], new_v], dim=2)
-            self.kv[index] = kv
-        return kv
+    mask: MediaMask | None  # for the tokens of the current LM call; None without images
+    # Cross-attention keys/values of each fused layer over all of the call's visual tokens; empty without images.
+    keys_values: Mapping[int, KeysValues]
 
 
 _ACTIVE: contextvars.ContextVar[VisualContext | None] = contextvars.ContextVar("frozenvl_visual_context",
@@ -55,6 +40,7 @@ _ACTIVE: contextvars.ContextVar[VisualContext | None] = contextvars.ContextVar("
 
 @contextlib.contextmanager
 def conditioning(context: VisualContext | None) -> Iterator[None]:
+    """The fused layers see ``context`` inside this scope only."""
     token = _ACTIVE.set(context)
     try:
         yield
@@ -79,10 +65,20 @@ class FusedDecoderLayer(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("layer"), name)
 
+    def keys_values(self, media: torch.Tensor, past: KeysValues | None = None) -> KeysValues:
+        """This layer's cross-attention keys/values over visual tokens ``media`` (B, T_img, n, Dv):
+        (B, H, T_img*n, d) each. ``past``: those of the first images of ``media``, from an earlier call (a cached
+        prefix): only the images after them are projected, and appended."""
+        if past is None:
+            return self.xattn.attn.project_media(media)
+        seen = past[0].shape[2] // media.shape[2]  # images already projected
+        new_k, new_v = self.xattn.attn.project_media(media[:, seen:])
+        return torch.cat([past[0], new_k], dim=2), torch.cat([past[1], new_v], dim=2)
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         context = _ACTIVE.get()
         if context is not None:
-            hidden_states = self.xattn(hidden_states, context.keys_values(self.index, self.xattn.attn), context.mask)
+            hidden_states = self.xattn(hidden_states, context.keys_values.get(self.index), context.mask)
         return self.layer(hidden_states, *args, **kwargs)
 
 

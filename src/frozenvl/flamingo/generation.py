@@ -113,8 +113,9 @@ def generate(
     cache=None,
     **extra: object,
 ) -> torch.Tensor:  # (B, L + new)
-    """``cache``: a :class:`FlamingoCache` of B rows that the prompts continue (e.g. demonstrations encoded once);
-    it is consumed (its LM KV cache grows in place): pass a copy to keep it."""
+    """``cache``: a :class:`FlamingoCache` of B rows that the prompts continue (e.g. demonstrations encoded once).
+    Continuing a cache consumes it (its LM KV cache grows): to keep one, pass a selection of it
+    (``cache.select(rows)`` is a new cache and leaves ``cache`` as it was)."""
     check_extra_arguments("generate", extra)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -3,21 +3,23 @@
 Trainable: the resampler (and its optional input projection), the cross-attention blocks, and the rows of the
 new tokens in the LM's embedding and output head. Everything else is frozen and referenced by source when saved.
 
-A call may continue an earlier one: pass the :class:`FlamingoCache` it returned. The cache carries the LM's KV
-cache, the visual tokens, the cross-attention keys/values and the media bookkeeping, so generation and
-prefix-cached scoring never recompute the prompt, the images, or the visual keys/values.
+A call may continue an earlier one: pass the :class:`FlamingoCache` it returned (``frozenvl.flamingo.cache``
+says how long a cache lives). The cache carries the LM's KV cache, the visual tokens, the cross-attention
+keys/values and the media bookkeeping, so generation and prefix-cached scoring never recompute the prompt, the
+images, or the visual keys/values.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
 from frozenvl.backbones.vision import VisionEncoder, build_vision
+from frozenvl.flamingo.cache import FlamingoCache
 from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
@@ -27,46 +29,6 @@ from frozenvl.flamingo.media_mask import build_media_mask, image_documents, sing
 from frozenvl.flamingo.processor import check_extra_arguments
 from frozenvl.flamingo.resampler import build_resampler
 from frozenvl.pretrained import PretrainedModel
-
-
-@dataclass
-class FlamingoCache:
-    """Everything needed to continue a sequence: pass it back as ``cache=`` with the next tokens."""
-
-    past_key_values: object  # the LM's transformers Cache
-    media: torch.Tensor | None  # (B, T_img, n, Dv) visual tokens, or None if no image yet
-    media_docs: torch.Tensor  # (B, T_img) document of each image, -1 for padding images
-    attention_mask: torch.Tensor  # (B, L_seen) 1 for real tokens, 0 for padding
-    last_time: torch.Tensor  # (B,) text_time of the last token seen
-    last_doc: torch.Tensor  # (B,) document id of the last token seen
-    xattn_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-    def select(self, index: torch.Tensor, same_media: bool = False) -> FlamingoCache:
-        """Rows ``index`` of the batch (beam reordering, repeating a prefix for several continuations).
-
-        The LM's KV cache is reordered in place: use the returned cache, not this one, afterwards
-        (``copy.deepcopy`` first to keep both). ``same_media=True`` says every row ``i`` already holds the
-        images of row ``index[i]`` (beams of one prompt): the visual tokens and their cross-attention keys and
-        values, the largest part of the cache, are then kept as they are instead of gathered.
-        """
-        pkv = self.past_key_values
-        if not hasattr(pkv, "reorder_cache"):
-            raise TypeError(f"the LM's cache {type(pkv).__name__} cannot be reordered")
-        pkv.reorder_cache(index)
-        media, media_docs, xattn_kv = self.media, self.media_docs, self.xattn_kv
-        if not same_media:
-            media = None if media is None else media[index]
-            media_docs = media_docs[index]
-            xattn_kv = {k: (kk[index], vv[index]) for k, (kk, vv) in xattn_kv.items()}
-        return FlamingoCache(
-            past_key_values=pkv,
-            media=media,
-            media_docs=media_docs,
-            attention_mask=self.attention_mask[index],
-            last_time=self.last_time[index],
-            last_doc=self.last_doc[index],
-            xattn_kv=xattn_kv,
-        )
 
 
 @dataclass
@@ -100,7 +62,7 @@ class Flamingo(PretrainedModel, nn.Module):
         self.resampler = build_resampler(config.resampler, dim_visual, config.resampler_depth,
                                          config.resampler_dim_head, config.resampler_heads, config.num_latents,
                                          config.max_frames, config.ff_mult)
-        parent, attr, layers = find_decoder_layers(self.lm)
+        self.decoder_layers_path, layers = find_decoder_layers(self.lm)
         self.fused_indices = fused_layer_indices(len(layers), config.cross_attn_every, config.placement)
         hidden = lm.hidden_size
         fused = []
@@ -110,9 +72,14 @@ class Flamingo(PretrainedModel, nn.Module):
                                                  config.ff_mult, config.gating, config.xattn_kind)
                 layer = FusedDecoderLayer(layer, block, i)
             fused.append(layer)
-        setattr(parent, attr, nn.ModuleList(fused))
+        self.lm.set_submodule(self.decoder_layers_path, nn.ModuleList(fused))
         self._lm_takes_position_ids = "position_ids" in inspect.signature(self.lm.forward).parameters
         self.vocab_size = self.lm.get_output_embeddings().vocab_size
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LM's decoder layers, the fused ones wrapped (FSDP units, activation checkpointing)."""
+        return self.lm.get_submodule(self.decoder_layers_path)
 
     # ----------------------------------------------------------------------------------------------- media
     def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -160,16 +127,19 @@ class Flamingo(PretrainedModel, nn.Module):
         # Images of this chunk: numbered after those already in the cache.
         start_time = cache.last_time if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
         token_time = start_time.unsqueeze(1) + text_time(input_ids, self.image_token_id)  # (B, L)
+        # Each fused layer's cross-attention keys/values over all images, computed here for the layers to read:
+        # the new images' are appended to those of the cached images; a call without new images reuses them.
         if new_media is not None:
             chunk_docs = image_documents(input_ids, self.image_token_id, document_ids, new_media.shape[1])
             media_all = new_media if past_media is None else torch.cat([past_media, new_media], dim=1)
             docs_all = chunk_docs if cache is None else torch.cat([cache.media_docs, chunk_docs], dim=1)
-            # new visual tokens: their cross-attention keys/values are appended to those of the cached images
-            kv, past_kv = {}, (cache.xattn_kv if past_media is not None else {})
+            past_kv = cache.xattn_kv if past_media is not None else {}
+            layers = self.decoder_layers
+            xattn_kv = {i: layers[i].keys_values(media_all, past_kv.get(i)) for i in self.fused_indices}
         elif past_media is not None:
-            media_all, docs_all, kv, past_kv = past_media, cache.media_docs, cache.xattn_kv, {}
+            media_all, docs_all, xattn_kv = past_media, cache.media_docs, cache.xattn_kv
         else:
-            media_all, docs_all, kv, past_kv = None, None, {}, {}
+            media_all, docs_all, xattn_kv = None, None, {}
         if media_all is not None and int(token_time.max()) > media_all.shape[1]:
             raise ValueError(f"the text has {int(token_time.max())} <image> tokens but only "
                              f"{media_all.shape[1]} images were given")
@@ -183,9 +153,7 @@ class Flamingo(PretrainedModel, nn.Module):
             # Positions from the mask, so left padding does not shift a row (a batch equals its rows).
             lm_kwargs["position_ids"] = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
 
-        # Always a context, also without any image: the dense FFW of each block acts on every token, so a token's
-        # output never depends on whether an image comes later in the sequence (or in a continuation).
-        context = VisualContext(media=None, mask=None)
+        mask = None
         if media_all is not None:
             dtype = media_all.dtype
             if L == 1 and self.config.only_attend_immediate and media_all.shape[1] > 0:  # a decoding step:
@@ -194,8 +162,9 @@ class Flamingo(PretrainedModel, nn.Module):
             else:
                 mask = build_media_mask(token_time, document_ids, docs_all, media_all.shape[2],
                                         self.config.only_attend_immediate, dtype)
-            context = VisualContext(media=media_all, mask=mask, kv=kv, past_kv=past_kv)
-        with conditioning(context):
+        # Always a context, also without any image: the dense FFW of each block acts on every token, so a token's
+        # output never depends on whether an image comes later in the sequence (or in a continuation).
+        with conditioning(VisualContext(mask=mask, keys_values=xattn_kv)):
             out = self.lm(**lm_kwargs)
         logits = out.logits
 
@@ -214,7 +183,7 @@ class Flamingo(PretrainedModel, nn.Module):
                 attention_mask=full_mask,
                 last_time=token_time[:, -1],
                 last_doc=document_ids[:, -1],
-                xattn_kv=context.kv,
+                xattn_kv=xattn_kv,
             )
         return FlamingoOutput(logits=logits, loss=loss, cache=new_cache)
 

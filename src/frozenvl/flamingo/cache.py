@@ -1,0 +1,83 @@
+"""What one Flamingo call hands to the next: :class:`FlamingoCache`, and the selection of its rows.
+
+Lifecycle. ``Flamingo.forward(..., use_cache=True)`` creates a cache; passing it back as ``cache=`` continues the
+sequence and returns the next cache. That call extends the LM's KV cache inside (transformers appends to it), so
+a cache is continued once. :meth:`FlamingoCache.select` returns a new cache and leaves its input as it was: a
+prefix kept aside (few-shot demonstrations encoded once) is selected from, and each selection continued, as many
+times as needed; beam search continues the selection of the rows it keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, H, T_img*n, d) each
+
+
+@dataclass(frozen=True)
+class FlamingoCache:
+    """Everything needed to continue a sequence: pass it back as ``cache=`` with the next tokens."""
+
+    past_key_values: Any  # the LM's transformers Cache
+    media: torch.Tensor | None  # (B, T_img, n, Dv) visual tokens, or None if no image yet
+    media_docs: torch.Tensor  # (B, T_img) document of each image, -1 for padding images
+    attention_mask: torch.Tensor  # (B, L_seen) 1 for real tokens, 0 for padding
+    last_time: torch.Tensor  # (B,) text_time of the last token seen
+    last_doc: torch.Tensor  # (B,) document id of the last token seen
+    xattn_kv: dict[int, KeysValues] = field(default_factory=dict)  # per fused layer, over all of ``media``
+
+    def select(self, index: torch.Tensor, same_media: bool = False) -> FlamingoCache:
+        """A new cache of rows ``index`` (beam reordering, repeating a prefix for several continuations); this
+        cache is left as it was.
+
+        ``same_media=True`` says every row ``i`` already holds the images of row ``index[i]`` (beams of one
+        prompt): the visual tokens and their cross-attention keys and values, the largest part of the cache, are
+        then shared with this cache instead of gathered (no call writes into them: a continuation that brings
+        images builds new tensors).
+        """
+        media, media_docs, xattn_kv = self.media, self.media_docs, self.xattn_kv
+        if not same_media:
+            media = None if media is None else media[index]
+            media_docs = media_docs[index]
+            xattn_kv = {k: (kk[index], vv[index]) for k, (kk, vv) in xattn_kv.items()}
+        return FlamingoCache(
+            past_key_values=select_lm_cache(self.past_key_values, index),
+            media=media,
+            media_docs=media_docs,
+            attention_mask=self.attention_mask[index],
+            last_time=self.last_time[index],
+            last_doc=self.last_doc[index],
+            xattn_kv=dict(xattn_kv),
+        )
+
+
+def select_lm_cache(cache: Any, index: torch.Tensor) -> Any:
+    """A new transformers cache holding rows ``index`` of ``cache`` (batch dimension); ``cache`` is left as it was.
+
+    Each layer of the dynamic caches that transformers builds for a forward (full attention, and sliding window for
+    Mistral, Gemma 2/3 and other hybrids) is copied as an object, and the layer's own ``reorder_cache`` then
+    replaces the copy's tensors by gathered ones (``index_select``: new tensors, the allocation an in-place reorder
+    makes too). Layers that write into their tensors (static caches, offloading and linear-attention states) are
+    deep-copied before they are reordered: correct for any cache, at the cost of one more copy.
+    """
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or not hasattr(cache, "reorder_cache"):
+        raise TypeError(f"the LM's cache {type(cache).__name__} cannot be reordered")
+    if getattr(cache, "offloading", False) or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer)
+                                                  for layer in layers):
+        selected = copy.deepcopy(cache)
+        selected.reorder_cache(index)
+        return selected
+    selected = copy.copy(cache)
+    selected.layers = []
+    for layer in layers:
+        layer = copy.copy(layer)  # settings (window, lengths) copied; tensors shared until reorder replaces them
+        layer.reorder_cache(index)
+        selected.layers.append(layer)
+    return selected
