@@ -19,6 +19,7 @@ from torch import nn
 
 from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
 from frozenvl.backbones.vision import VisionEncoder, build_vision
+from frozenvl.flamingo.activation_checkpointing import enable_gradient_checkpointing
 from frozenvl.flamingo.cache import FlamingoCache
 from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
@@ -80,6 +81,11 @@ class Flamingo(PretrainedModel, nn.Module):
     def decoder_layers(self) -> nn.ModuleList:
         """The LM's decoder layers, the fused ones wrapped (FSDP units, activation checkpointing)."""
         return self.lm.get_submodule(self.decoder_layers_path)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute the activations of the decoder layers and cross-attention blocks in the backward pass instead
+        of keeping them (as transformers models do); see :mod:`frozenvl.flamingo.activation_checkpointing`."""
+        enable_gradient_checkpointing(self)
 
     # ----------------------------------------------------------------------------------------------- media
     def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:

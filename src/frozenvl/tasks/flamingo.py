@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from frozenvl.flamingo import build
-from frozenvl.flamingo.activation_checkpointing import decoder_layers, enable_gradient_checkpointing
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.config import ModelConfig
 
@@ -81,7 +80,7 @@ class FlamingoTask(ModelTask):
             for p in self.model.vision.parameters():
                 p.requires_grad_(True)
         if config.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
+            self.model.gradient_checkpointing_enable()
         self.collate = FlamingoCollator(self.processor)
         self.tokenizer = tokenizer
         self.max_length = self.processor.max_length
@@ -129,4 +128,4 @@ class FlamingoTask(ModelTask):
 
     def shard_units(self) -> list[nn.Module]:
         """FSDP2 units: every decoder layer (with its cross-attention block); the rest is the root unit."""
-        return list(decoder_layers(self.model))
+        return list(self.model.decoder_layers)
