@@ -29,18 +29,13 @@ import torch.nn.functional as F
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.flamingo.generation import generate
+from frozenvl.tensors import pad_sequences, stack_media
 
 
 def media_tensor(processor: Any, medium: Any, max_frames: int | None = None) -> torch.Tensor:
-    """An image -> (1, C, H, W); a video (list of frames) -> (F, C, H, W), frames evenly subsampled to
-    ``max_frames`` (the model's temporal embeddings) when longer."""
-    if not isinstance(medium, (list, tuple)):
-        return processor.load_image(medium, "image").unsqueeze(0)
-    frames = list(medium)
-    if max_frames is not None and len(frames) > max_frames:
-        step = len(frames) / max_frames
-        frames = [frames[int(i * step)] for i in range(max_frames)]
-    return torch.stack([processor.load_image(f, f"video frame {k}") for k, f in enumerate(frames)])
+    """An image -> (1, C, H, W); a video -> (F, C, H, W), at most ``max_frames`` frames
+    (:meth:`~frozenvl.flamingo.processor.FlamingoProcessor.media_tensor`)."""
+    return processor.media_tensor(medium, max_frames=max_frames)
 
 
 @dataclass
@@ -99,28 +94,9 @@ class FewShotScorer:
         return list(ids)
 
     def _pixels(self, rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor | None:
-        """Per-row media -> (B, T_img, F, C, H, W), zero images as padding (never attended to)."""
-        flat = [m for row in rows for m in row]
-        if not flat:
-            return None
-        T = max(len(row) for row in rows)
-        out = torch.zeros(len(rows), T, *flat[0].shape)
-        for i, row in enumerate(rows):
-            for j, m in enumerate(row):
-                if m.shape != flat[0].shape:
-                    raise ValueError(f"all media of a batch need one shape (frames, C, H, W): {tuple(m.shape)} "
-                                     f"vs {tuple(flat[0].shape)}")
-                out[i, j] = m
-        return out.to(self.device)
-
-    def _left_padded(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), self.model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, L - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, L - len(r):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        """Per-row media -> (B, T_img, F, C, H, W) on the model's device, zero media as padding."""
+        pixels = stack_media(rows)
+        return None if pixels is None else pixels.to(self.device)
 
     # --------------------------------------------------------------------------------------------- prefix
     @torch.no_grad()
@@ -155,12 +131,9 @@ class FewShotScorer:
         for start in range(0, len(order), self.candidate_batch_size):
             rows = order[start:start + self.candidate_batch_size]
             batch = [all_ids[i] for i in rows]
-            n, L = len(batch), max(len(c) for c in batch)
-            cand = torch.full((n, L), self.model.pad_token_id, dtype=torch.long, device=self.device)
-            mask = torch.zeros((n, L), dtype=torch.long, device=self.device)
-            for i, c in enumerate(batch):  # right padding: padding comes after every real token
-                cand[i, :len(c)] = torch.tensor(c)
-                mask[i, :len(c)] = 1
+            n = len(batch)
+            # Right padding: the padding comes after every real token.
+            cand, mask = pad_sequences(batch, self.model.pad_token_id, "right", device=self.device)
             cache = query_cache.select(torch.zeros(n, dtype=torch.long, device=self.device))  # query_cache kept
             logits = self.model(cand, mask, cache=cache).logits  # (n, L, V)
             logits = torch.cat([next_logits.expand(n, 1, -1), logits[:, :-1]], dim=1)  # predicts cand[:, t]
@@ -201,7 +174,8 @@ class FewShotScorer:
                      max_new_tokens: int, num_beams: int = 3) -> list[list[int]]:
         """New token ids (up to the stop token) for a batch of queries that share ``prefix``."""
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
-        ids, mask = self._left_padded([p.ids for p in pieces])  # the padding sits between prefix and query
+        # Left padding: the padding sits between prefix and query.
+        ids, mask = pad_sequences([p.ids for p in pieces], self.model.pad_token_id, "left", device=self.device)
         pixels = self._pixels([p.media for p in pieces])
         seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         use_cache=True, cache=prefix.expanded(len(pieces)))
@@ -214,7 +188,8 @@ class FewShotScorer:
         """Reference: generation from the full prompt (demonstrations encoded again for every query)."""
         ctx = self._piece(context, context_media, first=True)
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
-        ids, mask = self._left_padded([ctx.ids + p.ids for p in pieces])
+        ids, mask = pad_sequences([ctx.ids + p.ids for p in pieces], self.model.pad_token_id, "left",
+                                  device=self.device)
         pixels = self._pixels([ctx.media + p.media for p in pieces])
         seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         use_cache=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from frozenvl.tensors import check_padding_side
+
 PAD_SEGMENT = -1
 PREFIX_SEGMENT = 0
 
@@ -83,9 +85,7 @@ def pack_facets(
     ``official_compat=True`` reproduces the official FLAME behaviour: padding keys leak into the mask and
     positions run 0..L-1 over the padded row without restarting after the prefix.
     """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    left = padding_side == "left"
+    left = check_padding_side(padding_side) == "left"
     seg_lengths = [len(s) for s in segments]
     tail = [t for s in segments for t in s]
     length = max(len(p) for p in prefixes) + len(tail)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from frozenvl.tensors import pad_sequences
+
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL = 3
 _WORDS = re.compile(r"\w+|[^\w\s]")
@@ -66,10 +68,5 @@ class SimpleTokenizer:
         if isinstance(texts, str):
             raise TypeError("the tokenizer takes a list of texts, not one string")
         rows = [self.encode(t) for t in texts]
-        length = max((len(r) for r in rows), default=2)
-        ids = torch.full((len(rows), length), PAD, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, :len(row)] = torch.tensor(row)
-            mask[i, :len(row)] = 1
+        ids, mask = pad_sequences(rows, PAD, "right", length=max((len(r) for r in rows), default=2))
         return {"input_ids": ids, "attention_mask": mask}

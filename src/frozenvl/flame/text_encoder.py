@@ -28,6 +28,7 @@ from torch import nn
 
 from frozenvl.flame.facet_mask import pack_facets, prefix_cache_masks
 from frozenvl.flame.prompts import PromptSet, clean_caption, load_prompt_set
+from frozenvl.tensors import pad_sequences
 
 DEFAULT_LM = "embedded:smollm2-135m"
 MODES = ("fda", "prefix_cache", "naive")
@@ -165,26 +166,17 @@ class FacetTextEncoder:
         rows = torch.arange(len(prefixes), device=self.device)[:, None]  # (B, 1)
         return hidden[rows, packed.last_index.to(self.device)]  # (B, K, D)
 
-    def _pad_rows(self, rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        real = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            start = length - len(r) if self.padding_side == "left" else 0
-            ids[i, start:start + len(r)] = torch.tensor(r, dtype=torch.long)
-            real[i, start:start + len(r)] = 1
-        return ids, real
-
     def _encode_prefix_cache(self, prefixes: list[list[int]]) -> torch.Tensor:
         batch, n_facets = len(prefixes), self.num_facets
         p_lens = [len(p) for p in prefixes]
         s_lens = [len(s) for s in self._segments]
         prefix_mask, seg_mask = prefix_cache_masks(p_lens, s_lens, self.dtype, self.padding_side)
-        p_ids, p_real = self._pad_rows(prefixes, max(p_lens))
+        p_ids, p_real = pad_sequences(prefixes, self.pad_id, self.padding_side)
         p_pos = (p_real.cumsum(1) - 1).clamp(min=0)  # (B, P)
         _, cache = self._hidden(input_ids=p_ids.to(self.device), attention_mask=prefix_mask.to(self.device),
                                 position_ids=p_pos.to(self.device), use_cache=True)
         cache.batch_repeat_interleave(n_facets)  # (B*K, H, P, d) per layer; row b*K + k
-        s_ids, s_real = self._pad_rows(self._segments, max(s_lens))  # (K, S)
+        s_ids, s_real = pad_sequences(self._segments, self.pad_id, self.padding_side)  # (K, S)
         s_ids, s_real = s_ids.repeat(batch, 1), s_real.repeat(batch, 1)  # (B*K, S)
         offsets = torch.tensor(p_lens).repeat_interleave(n_facets)[:, None]  # (B*K, 1)
         s_pos = offsets + (s_real.cumsum(1) - 1).clamp(min=0)  # (B*K, S)
@@ -199,7 +191,7 @@ class FacetTextEncoder:
         out = []
         for segment in self._segments:
             rows = [p + segment for p in prefixes]
-            ids, real = self._pad_rows(rows, max(len(r) for r in rows))
+            ids, real = pad_sequences(rows, self.pad_id, self.padding_side)
             pos = (real.cumsum(1) - 1).clamp(min=0)
             hidden, _ = self._hidden(input_ids=ids.to(self.device), attention_mask=real.to(self.device),
                                      position_ids=pos.to(self.device), use_cache=False)

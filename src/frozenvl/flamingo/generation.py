@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from frozenvl.flamingo.processor import check_extra_arguments
+from frozenvl.tensors import pad_sequences
 
 
 class _Decoder:
@@ -258,8 +259,4 @@ def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_pen
                     hyps.append((float(beam_scores[b, k]) / gen_len**length_penalty, seqs[b * K + k]))
         best = max(hyps, key=lambda h: h[0])[1]
         outputs.append(best)
-    width = max(len(o) for o in outputs)
-    result = torch.full((B, width), model.pad_token_id, dtype=torch.long, device=device)
-    for b, o in enumerate(outputs):
-        result[b, : len(o)] = o
-    return result
+    return pad_sequences(outputs, model.pad_token_id, "right", device=device)[0]

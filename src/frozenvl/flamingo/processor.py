@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.tensors import check_padding_side, pad_sequences, stack_media
 
 
 class FlamingoProcessor:
@@ -49,12 +50,18 @@ class FlamingoProcessor:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from e
 
-    def _media_tensor(self, medium, where: str) -> torch.Tensor:  # -> (F, C, H, W)
-        if isinstance(medium, (list, tuple)):
-            if not medium:
-                raise ValueError(f"{where}: a video must have at least one frame")
-            return torch.stack([self.load_image(f, f"{where} frame {k}") for k, f in enumerate(medium)])
-        return self.load_image(medium, where).unsqueeze(0)
+    def media_tensor(self, medium, where: str = "image", max_frames: int | None = None) -> torch.Tensor:
+        """An image -> (1, C, H, W); a video (a list of frames) -> (F, C, H, W), its frames evenly subsampled to
+        ``max_frames`` (the model's temporal embeddings) when longer."""
+        if not isinstance(medium, (list, tuple)):
+            return self.load_image(medium, where).unsqueeze(0)
+        if not medium:
+            raise ValueError(f"{where}: a video must have at least one frame")
+        frames = list(medium)
+        if max_frames is not None and len(frames) > max_frames:
+            step = len(frames) / max_frames
+            frames = [frames[int(i * step)] for i in range(max_frames)]
+        return torch.stack([self.load_image(f, f"{where} frame {k}") for k, f in enumerate(frames)])
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(
@@ -68,9 +75,7 @@ class FlamingoProcessor:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        side = padding_side or self.padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        side = check_padding_side(padding_side or self.padding_side)  # before any work
         max_length = max_length or self.max_length
         if images is None:
             images = [[] for _ in texts]
@@ -95,39 +100,14 @@ class FlamingoProcessor:
             if n_markers != markers:
                 raise ValueError(f"sample {i}: {n_markers} {IMAGE_TOKEN} tokens for {markers} markers after tokenizing")
             rows.append(ids)
-            media.append([self._media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
+            media.append([self.media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
 
-        L = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), L), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
-            input_ids[i, sl] = torch.tensor(r, dtype=torch.long)
-            attention_mask[i, sl] = 1
+        input_ids, attention_mask = pad_sequences(rows, self.pad_token_id, side)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        pixel_values = self._stack_media(media)
+        pixel_values = stack_media(media)
         if pixel_values is not None:
             batch["pixel_values"] = pixel_values
         return batch
-
-    def _stack_media(self, media: list[list[torch.Tensor]]) -> torch.Tensor | None:
-        all_media = [m for sample in media for m in sample]
-        if not all_media:
-            return None
-        frames = {m.shape[0] for m in all_media}
-        shapes = {tuple(m.shape[1:]) for m in all_media}
-        if len(frames) > 1:
-            raise ValueError(f"all media in a batch need the same number of frames, got {sorted(frames)} "
-                             "(images count as 1 frame; sample videos to a fixed frame count)")
-        if len(shapes) > 1:
-            raise ValueError(f"all images in a batch need one shape after the transform, got {sorted(shapes)}")
-        T = max(len(s) for s in media)
-        Fr, shape = frames.pop(), shapes.pop()
-        pixel_values = torch.zeros(len(media), T, Fr, *shape)  # padding images are never attended to
-        for i, sample in enumerate(media):
-            for j, m in enumerate(sample):
-                pixel_values[i, j] = m
-        return pixel_values
 
     # ----------------------------------------------------------------------------------------------- decode
     def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = False) -> str:
