@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from frozenvl.backbones.language import load_causal_lm
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.eval.harness import TaskData, select_demos
-from frozenvl.eval.postprocess import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.eval.prompts import build_prompt, candidate_continuation, demos_for_shots
 from frozenvl.eval.records import EvalRecord
 from frozenvl.eval.synthetic import synthetic_task_data

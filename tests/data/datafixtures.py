@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frozenvl.data import IMAGE_TOKEN, ShardWriter, interleaved_sample, pair_sample
+from frozenvl.constants import IMAGE_TOKEN
+from frozenvl.data import ShardWriter, interleaved_sample, pair_sample
 
 
 def solid(rgb: tuple[int, int, int], size: int = 16) -> Image.Image:

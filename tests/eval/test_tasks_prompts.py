@@ -1,4 +1,4 @@
-"""Task specs, post-processing and prompt strings exactly as DESIGN section 3."""
+"""Task specs, post-processing and prompt strings exactly as the protocol of docs/evaluation.md."""
 
 from __future__ import annotations
 

@@ -2,8 +2,6 @@
 loaders with a resumable position; converters; the synthetic world."""
 
 from frozenvl.data.formats import (
-    END_OF_CHUNK,
-    IMAGE_TOKEN,
     caption_record,
     classification_record,
     decode_sample,
@@ -21,7 +19,7 @@ from frozenvl.data.skips import BadSample, SkipCounter
 from frozenvl.data.synth import WorldConfig, generate_world
 
 __all__ = [
-    "END_OF_CHUNK", "IMAGE_TOKEN", "BadSample", "LoaderConfig",
+    "BadSample", "LoaderConfig",
     "ShardDataset", "ShardWriter", "SkipCounter", "StreamingLoader", "WorldConfig", "approx_token_count",
     "caption_record", "classification_record", "decode_sample", "expand_shards", "generate_world",
     "interleaved_sample", "interleaved_text", "pair_sample", "read_shard",

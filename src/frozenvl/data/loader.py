@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from frozenvl.data.formats import END_OF_CHUNK, IMAGE_TOKEN, decode_sample, finalize_interleaved
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.data.formats import decode_sample, finalize_interleaved
 from frozenvl.data.shards import expand_shards, read_shard
 from frozenvl.data.skips import BadSample, SkipCounter
 

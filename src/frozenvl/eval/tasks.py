@@ -1,4 +1,4 @@
-"""Evaluation tasks as data: a :class:`TaskSpec` per benchmark and a registry, following DESIGN section 3.
+"""Evaluation tasks as data: a :class:`TaskSpec` per benchmark and a registry (protocol: docs/evaluation.md).
 
 A task says how a record becomes a demonstration or a query (a prompt template whose last field is the
 target), how to decode (beam search with 3 beams; at most 20 new tokens for captions, 5 for short answers),
@@ -13,20 +13,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.eval import records as readers
 from frozenvl.eval.metrics import accuracy, cider, exact_match, roc_auc, vqa_score
-from frozenvl.eval.postprocess import END_OF_CHUNK, IMAGE_TOKEN, POSTPROCESSORS
+from frozenvl.eval.postprocess import POSTPROCESSORS
 from frozenvl.eval.records import EvalRecord
 
 KINDS = ("captioning", "vqa", "classification", "multiple_choice", "video_captioning", "video_qa")
 METRICS = ("cider", "vqa_accuracy", "exact_match", "accuracy", "roc_auc")
 CLOSE_ENDED = ("classification", "multiple_choice")
 
-CAPTION_TEMPLATE = "<image>Output:{caption}<|endofchunk|>"
-VQA_TEMPLATE = "<image>Question:{question} Short answer:{answer}<|endofchunk|>"
-CLASSIFICATION_TEMPLATE = "<image>Output:{answer}<|endofchunk|>"
+CAPTION_TEMPLATE = IMAGE_TOKEN + "Output:{caption}" + END_OF_CHUNK
+VQA_TEMPLATE = IMAGE_TOKEN + "Question:{question} Short answer:{answer}" + END_OF_CHUNK
+CLASSIFICATION_TEMPLATE = IMAGE_TOKEN + "Output:{answer}" + END_OF_CHUNK
 HATEFUL_MEMES_TEMPLATE = (
-    "<image>is an image with: '{text}' written on it. Is it hateful? Answer:{answer}<|endofchunk|>"
+    IMAGE_TOKEN + "is an image with: '{text}' written on it. Is it hateful? Answer:{answer}" + END_OF_CHUNK
 )
 
 READERS: dict[str, Callable[..., Any]] = {
