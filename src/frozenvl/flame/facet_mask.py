@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from frozenvl.tensors import check_padding_side
+from frozenvl.tensors import check_padding_side, pad_sequences
 
 PAD_SEGMENT = -1
 PREFIX_SEGMENT = 0
@@ -41,12 +41,8 @@ def segment_ids(prefix_lengths: list[int], segment_lengths: list[int], length: i
     """(B, L): PAD_SEGMENT for padding, PREFIX_SEGMENT for the prefix, k + 1 for prompt k."""
     lengths = torch.tensor(segment_lengths, dtype=torch.long)
     seg_labels = torch.repeat_interleave(torch.arange(1, len(segment_lengths) + 1), lengths)
-    rows = torch.full((len(prefix_lengths), length), PAD_SEGMENT, dtype=torch.long)
-    for b, p in enumerate(prefix_lengths):
-        real = torch.cat([torch.full((p,), PREFIX_SEGMENT, dtype=torch.long), seg_labels])
-        start = length - len(real) if left_pad else 0
-        rows[b, start:start + len(real)] = real
-    return rows
+    rows = [torch.cat([torch.full((p,), PREFIX_SEGMENT, dtype=torch.long), seg_labels]) for p in prefix_lengths]
+    return pad_sequences(rows, PAD_SEGMENT, "left" if left_pad else "right", length)[0]
 
 
 def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, leak_padding: bool = False) -> torch.Tensor:
@@ -90,7 +86,7 @@ def pack_facets(
     tail = [t for s in segments for t in s]
     length = max(len(p) for p in prefixes) + len(tail)
     batch = len(prefixes)
-    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    input_ids, _ = pad_sequences([p + tail for p in prefixes], pad_id, padding_side, length)
     position_ids = torch.zeros((batch, length), dtype=torch.long)
     last_index = torch.zeros((batch, len(segments)), dtype=torch.long)
     seg_pos = torch.cat([torch.arange(n) for n in seg_lengths])  # (S,) position inside each segment
@@ -98,7 +94,6 @@ def pack_facets(
     for b, prefix in enumerate(prefixes):
         n = len(prefix) + len(tail)
         start = length - n if left else 0
-        input_ids[b, start:start + n] = torch.tensor(prefix + tail)
         position_ids[b, start:start + len(prefix)] = torch.arange(len(prefix))
         position_ids[b, start + len(prefix):start + n] = len(prefix) + seg_pos
         last_index[b] = start + len(prefix) + seg_ends
