@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from frozenvl.constants import WEIGHTS_NAME
+
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,5 +29,5 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
         ran += 1
     assert ran >= 2
-    assert (tmp_path / "runs" / "my-flamingo" / "trainable.safetensors").exists()
+    assert (tmp_path / "runs" / "my-flamingo" / WEIGHTS_NAME).exists()
     assert (tmp_path / "data" / "world" / "world.json").exists()

@@ -98,4 +98,4 @@ def test_scored_by_flame_evaluation_code(tmp_path):
     assert loaded.config == model.config
     torch.testing.assert_close(loaded.text_encoder().encode(["x y"]), encoder.encode(["x y"]))
     with pytest.raises(ValueError, match="missing"):
-        loaded.load_trainable({})
+        loaded.load_saved_state_dict({})

@@ -1,6 +1,9 @@
 """FLAME end to end through the shared pieces: synthetic pair shards -> `flame embed` -> the training engine."""
 
 import json
+from pathlib import Path
+
+from PIL import Image
 
 from frozenvl.cli.data import main as data_main
 from frozenvl.cli.flame import main as flame_main
@@ -35,3 +38,12 @@ def test_flame_trains_through_the_shared_engine(tmp_path, monkeypatch, capsys):
     assert task.collate.missing == 0  # every shard sample found its embeddings by key
     task.save_pretrained("ckpt")
     assert FlameModel.from_pretrained("ckpt").config.text["prompt_set"] == "short"
+    # The engine's checkpoint is a FLAME folder: from_pretrained and `frozenvl flame eval` read it.
+    assert FlameModel.from_pretrained(result.checkpoint).config == task.model.config
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        Path("classes", name).mkdir(parents=True)
+        Image.new("RGB", (36, 36), colour).save(f"classes/{name}/0.png")
+    capsys.readouterr()
+    assert flame_main(["eval", "--checkpoint", str(result.checkpoint), "--task", "zero-shot", "--format",
+                       "imagefolder", "--data", "classes"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_classes"] == 2

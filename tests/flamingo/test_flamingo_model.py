@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from frozenvl.backbones.language import find_decoder_layers
+from frozenvl.constants import WEIGHTS_NAME
 from frozenvl.flamingo import Flamingo
 from frozenvl.testing import TINY_FLAMINGO as TINY
 from frozenvl.testing import TINY_LM_FAMILIES, images, tiny_flamingo, tiny_lm, tiny_tokenizer, tiny_vision
@@ -244,10 +245,10 @@ def test_save_load_round_trip(tmp_path):
     expected = model(**batch).logits
     model.save_pretrained(tmp_path / "ckpt")
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert "trainable.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    assert WEIGHTS_NAME in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     from safetensors.torch import load_file
 
-    stored = load_file(str(tmp_path / "ckpt" / "trainable.safetensors"))
+    stored = load_file(str(tmp_path / "ckpt" / WEIGHTS_NAME))
     assert not any(".base." in k or "vision." in k for k in stored)  # frozen backbones are referenced
     fresh_lm = tiny_lm("llama", seed=0)
     loaded = Flamingo.from_pretrained(tmp_path / "ckpt", lm=fresh_lm, tokenizer=tiny_tokenizer(),

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from frozenvl.constants import WEIGHTS_NAME
 from frozenvl.data import WorldConfig, generate_world
 from frozenvl.flame.caption_sources import iter_captions
 from frozenvl.flame.store import EmbeddingStore, embed_to_store
@@ -14,7 +15,7 @@ from frozenvl.flame.text_encoder import FacetTextEncoder
 from frozenvl.tasks import ClipBaselineTask, FlameTask, build_task
 from frozenvl.testing import tiny_lm, tiny_tokenizer
 from frozenvl.train.config import ConfigError, load_config
-from frozenvl.train.loop import train
+from frozenvl.train.loop import METRICS_NAME, train
 
 REPO = Path(__file__).resolve().parents[2]
 TOWER = {"preset": "tiny", "image_size": 32, "vision": {"width": 32, "layers": 1, "heads": 2}, "head_hidden": 32}
@@ -63,8 +64,8 @@ def test_engine_trains_from_a_config(world_and_store, kind):
     result = train(config)
     assert result.step == 3 and result.nonfinite_steps == 0 and torch.isfinite(torch.tensor(result.last_loss))
     ckpt = result.checkpoint
-    assert ckpt is not None and (ckpt / "trainable.safetensors").is_file()
-    weights = load_file(ckpt / "trainable.safetensors")
+    assert ckpt is not None and (ckpt / WEIGHTS_NAME).is_file()
+    weights = load_file(ckpt / WEIGHTS_NAME)
     assert set(weights) == set(start)  # every parameter of both models is trainable and saved
     assert all(weights[n].shape == start[n].shape for n in start)
     for name in ("visual.patch_embed.weight", "head.net.2.weight"):
@@ -72,7 +73,11 @@ def test_engine_trains_from_a_config(world_and_store, kind):
     if kind == "clip_baseline":
         assert not torch.equal(weights["text.token_embed.weight"], start["text.token_embed.weight"])
         assert not torch.equal(weights["text_proj.weight"], start["text_proj.weight"])
-    records = [json.loads(line) for line in (Path(config.train.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    # The checkpoint is a folder of the model's own save/load contract.
+    loaded = type(initial.model).from_pretrained(ckpt)
+    assert loaded.config == initial.model.config
+    assert all(torch.equal(t, weights[n]) for n, t in loaded.state_dict().items())
+    records = [json.loads(line) for line in (Path(config.train.run_dir) / METRICS_NAME).read_text().splitlines()]
     assert all(r["samples_per_s"] > 0 for r in records if "samples_per_s" in r)  # throughput counts samples
 
 

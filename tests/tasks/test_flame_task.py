@@ -30,7 +30,7 @@ def test_flame_task_collates_from_the_store_and_trains(tmp_path):
     assert out["tokens"].item() == 2 and task.model.head.net[0].weight.grad is not None
     task.save_pretrained(tmp_path / "ckpt")
     loaded = FlameModel.from_pretrained(tmp_path / "ckpt")
-    loaded.load_trainable({n: p.detach() for n, p in task.model.named_parameters()})
+    loaded.load_saved_state_dict({n: p.detach() for n, p in task.model.named_parameters()})
     assert torch.equal(loaded.head.net[0].weight, task.model.head.net[0].weight)
     with pytest.raises(ValueError, match="missing"):
-        loaded.load_trainable({})
+        loaded.load_saved_state_dict({})

@@ -1,17 +1,21 @@
 """Checkpoints: only trainable weights, no pickle, atomic (an interrupted write leaves the last good one), last K
-kept, loadable as a Flamingo folder; NaN/inf steps skipped, counted, and the run stops after the limit."""
+kept, loadable as a Flamingo folder (the save/load contract); init_from reads such folders and refuses others;
+NaN/inf steps skipped, counted, and the run stops after the limit."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from trainfixtures import tiny_config
 
+from frozenvl.constants import WEIGHTS_NAME
 from frozenvl.train import checkpoint as ckpt
-from frozenvl.train.loop import NonFiniteLossError, Trainer, train
+from frozenvl.train.loop import METRICS_NAME, NonFiniteLossError, Trainer, train
 
 
 def test_checkpoint_holds_only_trainable_weights_and_no_pickle(tmp_path, world):
@@ -22,7 +26,7 @@ def test_checkpoint_holds_only_trainable_weights_and_no_pickle(tmp_path, world):
     last = found[-1]
     assert result.checkpoint == last
     assert {p.suffix for p in last.iterdir()} <= {".safetensors", ".json"}  # no pickle anywhere
-    weights = load_file(str(last / "trainable.safetensors"))
+    weights = load_file(str(last / WEIGHTS_NAME))
     from frozenvl.testing import tiny_flamingo
 
     model, _ = tiny_flamingo(**{k: v for k, v in cfg.model.flamingo.items()})
@@ -42,24 +46,32 @@ def test_checkpoint_holds_only_trainable_weights_and_no_pickle(tmp_path, world):
         assert torch.equal(t, weights[n])
 
 
-def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
+@dataclass
+class TinyConfig:
+    width: int = 2
+
+
+def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     root = tmp_path / "checkpoints"
     w = {"a": torch.ones(2)}
     opt = {"state": {"a": {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1.0}]}
     rng = [ckpt.capture_rng()]
-    ckpt.save_checkpoint(root, 1, w, opt, rng, {"nonfinite_steps": 0, "data": {}}, keep=3)
+    ckpt.save_checkpoint(root, 1, "tiny", TinyConfig(), w, opt, rng, {"nonfinite_steps": 0, "data": {}}, keep=3)
 
-    def crash(tmp):
-        (tmp / "partial.json").write_text("{}")
-        raise KeyboardInterrupt  # a kill in the middle of writing
+    def crash(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt  # a kill in the middle of writing (the model part is written by then)
 
+    monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(root, 2, {"a": torch.full((2,), 2.0)}, opt, rng, {"nonfinite_steps": 0, "data": {}},
-                             keep=3, write_extra=crash)
+        ckpt.save_checkpoint(root, 2, "tiny", TinyConfig(), {"a": torch.full((2,), 2.0)}, opt, rng,
+                             {"nonfinite_steps": 0, "data": {}}, keep=3)
+    monkeypatch.undo()
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000001"]
     assert ckpt.latest_checkpoint(root).name == "step-00000001"
     assert not list(root.glob("step-00000002*"))
-    c = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
+    c = ckpt.load_checkpoint(ckpt.latest_checkpoint(root), "tiny")
     assert torch.equal(c.weights["a"], torch.ones(2))
     assert torch.equal(c.optimizer["state"]["a"]["exp_avg"], torch.zeros(2))
 
@@ -114,7 +126,7 @@ def test_run_stops_after_the_nonfinite_limit(tmp_path, world):
         trainer.fit()
     assert trainer.step == 3
     trainer.close()
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "run" / METRICS_NAME).read_text().splitlines()]
     assert [r["nonfinite_steps"] for r in records if "nonfinite_steps" in r] == [1, 2]  # logged every step
 
 
@@ -124,7 +136,7 @@ def test_init_from_starts_a_new_run_at_saved_weights(tmp_path, world):
 
     cfg, path = tiny_config(world, tmp_path / "first", steps=2, checkpoint_every=2)
     first = train(cfg).checkpoint
-    saved = load_file(str(first / "trainable.safetensors"))
+    saved = load_file(str(first / WEIGHTS_NAME))
     fresh = build_task(load_config(path).model).model.trainable_state_dict()
     assert any(not torch.equal(fresh[n], saved[n]) for n in saved)  # training moved them
     task = build_task(load_config(path, (f"model.init_from={first}",)).model)
@@ -134,5 +146,11 @@ def test_init_from_starts_a_new_run_at_saved_weights(tmp_path, world):
         build_task(load_config(path, (f"model.init_from={tmp_path / 'nowhere'}",)).model)
     with pytest.raises(ValueError, match="init_from .*shape"):
         build_task(load_config(path, (f"model.init_from={first}", "model.flamingo.num_latents=3")).model)
+    from frozenvl.flame.model import FlameModel, flame_config
+
+    other = tmp_path / "flame"
+    FlameModel(flame_config("tiny", text_dim=16)).save_pretrained(other)
+    with pytest.raises(ValueError, match=f"init_from {re.escape(str(other))}: .*flame model, not a flamingo model"):
+        build_task(load_config(path, (f"model.init_from={other}",)).model)
     with pytest.raises(ConfigError, match="init_from"):
         load_config(path, (f"model.init_from={first}", "model.kind=flame"))

@@ -13,14 +13,15 @@ import torch
 from safetensors.torch import load_file
 from trainfixtures import tiny_config
 
+from frozenvl.constants import WEIGHTS_NAME
 from frozenvl.train import checkpoint as ckpt
-from frozenvl.train.loop import train
+from frozenvl.train.loop import CHECKPOINTS_DIR, train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _final_weights(run_dir, step):
-    return load_file(str(ckpt.step_dir(run_dir / "checkpoints", step) / "trainable.safetensors"))
+    return load_file(str(ckpt.step_dir(run_dir / CHECKPOINTS_DIR, step) / WEIGHTS_NAME))
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, world):
@@ -32,7 +33,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, world):
     _, cfg_path = tiny_config(world, tmp_path / "killed", steps=steps, checkpoint_every=2)
     proc = subprocess.Popen([sys.executable, "-m", "frozenvl.cli.train", "--config", str(cfg_path)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = tmp_path / "killed" / "checkpoints"
+    root = tmp_path / "killed" / CHECKPOINTS_DIR
     deadline = time.time() + 90
     while time.time() < deadline and not ckpt.list_checkpoints(root) and proc.poll() is None:
         time.sleep(0.02)
@@ -86,7 +87,7 @@ def test_two_process_ddp_and_fsdp_match_one_process(tmp_path, world):
                          env=ENV, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     one = _final_weights(tmp_path / "one", steps)
-    start = load_file(str(ckpt.step_dir(tmp_path / "one" / "checkpoints", 2) / "trainable.safetensors"))
+    start = load_file(str(ckpt.step_dir(tmp_path / "one" / CHECKPOINTS_DIR, 2) / WEIGHTS_NAME))
     assert any(not torch.equal(start[n], one[n]) for n in one)
     for mode in ("ddp", "fsdp"):
         two = _final_weights(tmp_path / "two" / mode, steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,12 +18,10 @@ from torch import nn
 from frozenvl.constants import (
     CLIP_MEAN,
     CLIP_STD,
-    CONFIG_NAME,
     IMAGENET_MEAN,
     IMAGENET_STD,
     SIGLIP_MEAN,
     SIGLIP_STD,
-    WEIGHTS_NAME,
 )
 
 
@@ -193,19 +190,15 @@ def embedded_efficientnet_lite0() -> VisionEncoder:
 
 
 def from_flame(folder: str) -> VisionEncoder:
-    """The ViT of a FLAME (or CLIP-baseline) folder written by ``save_pretrained``: its patch tokens (B, N, width)."""
-    import json
-
-    from safetensors.torch import load_file
-
+    """The ViT of a FLAME (or CLIP-baseline) folder written by ``save_pretrained`` or a training checkpoint of
+    either: its patch tokens (B, N, width)."""
     from frozenvl.backbones.vit import VisionTransformer, VisionTransformerConfig
+    from frozenvl.config import from_dict
+    from frozenvl.pretrained import read_folder
 
-    path = Path(folder)
-    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"flame:{folder} is not a FLAME folder ({CONFIG_NAME} and {WEIGHTS_NAME} needed)")
-    cfg = VisionTransformerConfig(**json.loads((path / CONFIG_NAME).read_text())["vision"])
+    _, config, weights = read_folder(folder, ("flame", "clip_baseline"))
+    cfg = from_dict(VisionTransformerConfig, config["vision"], "vision")
     visual = VisionTransformer(cfg)
-    weights = load_file(str(path / WEIGHTS_NAME))
     visual.load_state_dict({k[len("visual."):]: v for k, v in weights.items() if k.startswith("visual.")})
     transform = ImageTransform(cfg.image_size, CLIP_MEAN, CLIP_STD)  # FLAME trains with CLIP normalisation
     return VisionEncoder.from_module(visual, cfg.width, cfg.image_size, name=f"flame:{folder}", transform=transform)

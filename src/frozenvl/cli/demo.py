@@ -109,13 +109,16 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
 
 
 def _final_checkpoint(run_dir: Path, steps: int) -> Path | None:
-    final = run_dir / "checkpoints" / f"step-{steps:08d}"
+    from frozenvl.train.checkpoint import step_dir
+    from frozenvl.train.loop import CHECKPOINTS_DIR
+
+    final = step_dir(run_dir / CHECKPOINTS_DIR, steps)
     return final if final.exists() else None
 
 
 def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
     from frozenvl.train.config import load_config
-    from frozenvl.train.loop import train
+    from frozenvl.train.loop import CHECKPOINTS_DIR, RUN_CONFIG_NAME, train
 
     run_dir = out / "flamingo"
     done = _final_checkpoint(run_dir, plan.flamingo_steps)
@@ -123,9 +126,9 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
         _say(f"[2/5] Flamingo: reusing {done}")
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / RUN_CONFIG_NAME
     config_path.write_text(yaml.safe_dump(flamingo_run_config(world, run_dir, plan), sort_keys=False))
-    resume = (run_dir / "checkpoints").exists()
+    resume = (run_dir / CHECKPOINTS_DIR).exists()
     _say(f"[2/5] Flamingo: training {plan.flamingo_steps} steps on pairs + interleaved + video "
          f"({'resuming' if resume else 'from scratch'}; config {config_path}) ...")
     result = train(load_config(config_path), resume=resume)
@@ -240,7 +243,9 @@ def _score(summary: dict, shots: int) -> float | None:
 
 def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str, Any], flame: dict[str, Any],
                  timings: dict[str, float], reliance: dict[str, float] | None = None) -> Path:
-    curve = _training_curve(checkpoint.parent.parent / "metrics.jsonl", out / "training_curve.png")
+    from frozenvl.train.loop import METRICS_NAME
+
+    curve = _training_curve(checkpoint.parent.parent / METRICS_NAME, out / "training_curve.png")
     held = curve["held_out_loss"]
     lines = [
         "# frozenvl demo report",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval", help="zero-shot classification or retrieval with a trained FLAME image tower",
-        description="Evaluate a FLAME checkpoint (folder with config.json + model.safetensors). The text "
-                    "encoder defaults to the one recorded in the checkpoint. Results are printed and written "
-                    "as JSON.")
-    ev.add_argument("--checkpoint", required=True, help="FLAME checkpoint folder")
+        description=f"Evaluate a FLAME checkpoint (a folder with {CONFIG_NAME} + {WEIGHTS_NAME}: written by "
+                    "save_pretrained, or a training checkpoint run_dir/checkpoints/step-N). The text encoder "
+                    "defaults to the one recorded in the checkpoint. Results are printed and written as JSON.")
+    ev.add_argument("--checkpoint", required=True,
+                    help="FLAME checkpoint folder (save_pretrained or a training checkpoint)")
     ev.add_argument("--task", choices=("retrieval", "zero-shot"), required=True)
     ev.add_argument("--format", choices=("karpathy", "urban1k", "sharegpt4v", "imagefolder"), required=True,
                     help="karpathy: COCO/Flickr JSON; urban1k: image/ + caption/ folders; sharegpt4v: long-caption "
@@ -107,7 +110,10 @@ def _run_eval(args) -> dict:
     from frozenvl.flame.model import FlameModel
     from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
 
-    model = FlameModel.from_pretrained(args.checkpoint).eval()
+    try:
+        model = FlameModel.from_pretrained(args.checkpoint).eval()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--checkpoint: not a FLAME checkpoint: {e}") from None
     text_meta = model.config.text
     if args.task == "zero-shot":
         prompts = args.prompts or "raw"  # class-name templates are wrapped in the raw prompt

@@ -12,7 +12,6 @@ code (``frozenvl.flame.inference`` / ``evaluate``) scores both models unchanged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -22,14 +21,9 @@ from torch import nn
 
 from frozenvl.backbones.vit import Block, VisionTransformer, VisionTransformerConfig
 from frozenvl.flame.loss import build_loss
-from frozenvl.flame.model import (
-    PatchHead,
-    override_fields,
-    preset_config,
-    read_model_folder,
-    save_model_folder,
-)
+from frozenvl.flame.model import PatchHead, override_fields, preset_config
 from frozenvl.flame.simple_tokenizer import EOS, SimpleTokenizer, TokenizerConfig
+from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
@@ -95,7 +89,13 @@ class TextTransformer(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), last]  # (B, W)
 
 
-class ClipBaseline(nn.Module):
+class ClipBaseline(PretrainedModel, nn.Module):
+    """Saved whole by :meth:`save_pretrained` (``config.json`` + ``model.safetensors``), as are the training
+    checkpoints of a CLIP-baseline run: both load with :meth:`from_pretrained`."""
+
+    model_type = "clip_baseline"
+    config_class = ClipBaselineConfig
+
     def __init__(self, config: ClipBaselineConfig):
         super().__init__()
         self.config = config
@@ -129,23 +129,6 @@ class ClipBaseline(nn.Module):
     def text_encoder(self, batch_size: int = 256) -> BaselineTextEncoder:
         return BaselineTextEncoder(self, batch_size)
 
-    def load_trainable(self, weights: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"trainable weights do not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        save_model_folder(folder, {"model": "clip_baseline", **self.config.to_dict()}, self)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> ClipBaseline:
-        data, weights = read_model_folder(folder, "CLIP-baseline")
-        if data.pop("model", None) != "clip_baseline":
-            raise ValueError(f"{folder} is not a CLIP-baseline checkpoint")
-        model = cls(ClipBaselineConfig.from_dict(data))
-        model.load_state_dict(weights)
-        return model
 
 
 class BaselineTextEncoder:

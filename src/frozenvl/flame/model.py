@@ -6,18 +6,16 @@ patch tokens, L2 norm. The text side has no trainable part: its embeddings come 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frozenvl.backbones.vit import VisionTransformer, VisionTransformerConfig
-from frozenvl.files import atomic_path
 from frozenvl.flame.loss import build_loss
+from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
@@ -27,7 +25,7 @@ class FlameConfig:
     head_hidden: int = 4096  # hidden width of the per-token MLP head (official: max(text_dim, 4096))
     loss: str = "sigmoid"  # "sigmoid" (official) or "infonce"
     sampled_facets: int = 6  # S positives drawn per image per training step (official: 6 of 11)
-    text: dict = field(default_factory=dict)  # the text encoder's description (LLM, layer, prompt-set hash)
+    text: dict[str, Any] = field(default_factory=dict)  # the text encoder's description (LLM, layer, prompt-set hash)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,27 +67,6 @@ def flame_config(preset: str, text_dim: int = 576, **overrides) -> FlameConfig:
     return override_fields(preset_config(preset, text_dim), overrides)
 
 
-# A checkpoint folder of an image-text model: config.json + model.safetensors (every tensor of the state dict).
-def save_model_folder(folder: str | os.PathLike, config: dict, model: nn.Module) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-
-
-def read_model_folder(folder: str | os.PathLike, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a folder written by :func:`save_model_folder`; ``what`` names the expected
-    kind of checkpoint in the error when a file is missing."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder} is not a {what} checkpoint (needs config.json and model.safetensors)")
-    return json.loads((folder / "config.json").read_text()), load_file(folder / "model.safetensors")
-
-
 class PatchHead(nn.Module):
     """Per-token MLP into the LLM's hidden size (Linear, GELU, Linear, LayerNorm), as in FLAME's projector."""
 
@@ -110,7 +87,13 @@ def sample_facets(text_embeddings: torch.Tensor, num: int, generator: torch.Gene
     return torch.gather(text_embeddings, 1, order[:, :, None].expand(-1, -1, text_embeddings.shape[2]))
 
 
-class FlameModel(nn.Module):
+class FlameModel(PretrainedModel, nn.Module):
+    """Saved whole by :meth:`save_pretrained` (``config.json`` + ``model.safetensors``), as are the training
+    checkpoints of a FLAME run: both load with :meth:`from_pretrained`."""
+
+    model_type = "flame"
+    config_class = FlameConfig
+
     def __init__(self, config: FlameConfig):
         super().__init__()
         self.config = config
@@ -139,21 +122,3 @@ class FlameModel(nn.Module):
         text_features = F.normalize(text, dim=-1)  # (B, S, D)
         out = self.loss(image_features, text_features)
         return {**out, "image_features": image_features, "text_features": text_features}
-
-    def load_trainable(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load trainable weights by name (every parameter of the image side is trainable)."""
-        missing, unexpected = self.load_state_dict(weights, strict=False)
-        missing = [n for n in missing if dict(self.named_parameters()).get(n) is not None]
-        if missing or unexpected:
-            raise ValueError(f"trainable weights do not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        save_model_folder(folder, self.config.to_dict(), self)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> FlameModel:
-        config, weights = read_model_folder(folder, "FLAME")
-        model = cls(FlameConfig.from_dict(config))
-        model.load_state_dict(weights)
-        return model

@@ -1,11 +1,9 @@
-"""FlamingoConfig: everything that describes a Flamingo, saved beside its trainable weights."""
+"""FlamingoConfig: everything that describes a Flamingo, saved beside its trainable weights (``config.json``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass
@@ -60,13 +58,3 @@ class FlamingoConfig:
         if unknown:
             raise ValueError(f"unknown FlamingoConfig fields: {', '.join(unknown)}")
         return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> FlamingoConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e

@@ -3,13 +3,17 @@ loss. The engine (``frozenvl.train``) knows only this contract: Flamingo, FLAME 
 
 Contract of a task:
 
-- ``model``: an ``nn.Module`` whose trainable parameters have ``requires_grad=True`` (others frozen);
+- ``model``: a :class:`~frozenvl.pretrained.PretrainedModel` (an ``nn.Module``) whose trainable parameters have
+  ``requires_grad=True`` (others frozen). The engine writes the model part of every checkpoint with its
+  ``model_type``, ``config`` and ``saved_state_dict()``, so a checkpoint loads with the model class's
+  ``from_pretrained``; on resume it gives the tensors back with ``load_saved_state_dict``;
 - ``collate(samples) -> batch`` for the data loader (picklable if loader workers are used);
 - ``loss(model, batch) -> dict`` with a scalar ``"loss"`` and ``"tokens"`` (how many targets, for throughput),
   and optionally ``"samples"`` (the batch's samples; default: the rows of ``batch["input_ids"]``);
   ``model`` is the possibly wrapped (DDP/FSDP) module: call it, do not reach inside;
-- ``trainable_state_dict()`` / ``load_trainable(tensors)`` and ``save_pretrained(dir)`` of the bare model;
-- ``token_counter``: str -> tokens, used by the loader's length limits.
+- ``token_counter``: str -> tokens, used by the loader's length limits;
+- ``set_train_mode()``: put the model in training mode (frozen parts may stay in eval mode);
+- optionally ``shard_units()`` (the modules FSDP2 shards one by one) and ``max_length`` (the loader's limit).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from frozenvl.pretrained import PretrainedModel
+
 
 class Task(Protocol):
-    model: nn.Module
+    model: PretrainedModel
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]: ...
 
@@ -33,17 +39,13 @@ class Task(Protocol):
 
 
 class ModelTask:
-    """What every task does the same way with its bare ``model``: train mode, the names of its trainable
-    parameters, and saving it (its own ``save_pretrained``)."""
+    """What every task does the same way with its bare ``model``: train mode, and saving it (the model's own
+    ``save_pretrained``)."""
 
-    model: nn.Module
+    model: PretrainedModel
 
     def set_train_mode(self) -> None:
         self.model.train()
 
-    # Bare-model state, names as in the model's own trainable state dict.
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def save_pretrained(self, path) -> None:
-        self.model.save_pretrained(path)
+    def save_pretrained(self, folder) -> None:
+        self.model.save_pretrained(folder)

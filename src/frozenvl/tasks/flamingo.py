@@ -4,7 +4,6 @@ processor batches) and the masked next-token loss."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,17 +85,15 @@ class FlamingoTask(ModelTask):
         self.max_length = self.processor.max_length
 
     def _init_from(self, folder: str) -> None:
-        """Trainable weights of a saved Flamingo; a missing folder or a different architecture is an error."""
-        from safetensors.torch import load_file
+        """Trainable weights of a saved Flamingo (``save_pretrained`` or a training checkpoint); a missing folder,
+        a folder of another model or a different architecture is an error naming the folder."""
+        from frozenvl.pretrained import read_pretrained
 
-        from frozenvl.flamingo.model import WEIGHTS_NAME
-
-        weights = Path(folder) / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"model.init_from: {weights} not found (expected a Flamingo folder written by "
-                                    "save_pretrained or a training checkpoint)")
         try:
-            self.model.load_trainable(load_file(str(weights)))
+            _, tensors = read_pretrained(folder, self.model.model_type, self.model.config_class)
+            self.model.load_trainable(tensors)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"model.init_from: {e}") from None
         except (KeyError, ValueError) as e:
             raise ValueError(f"model.init_from {folder}: {e}") from None
 

@@ -2,8 +2,10 @@
 
 ``{run_dir}/checkpoints/step-{step:08d}/``:
 
-- ``trainable.safetensors`` + ``flamingo_config.json``: the trainable weights only (the folder is also a valid
-  ``Flamingo.from_pretrained`` folder); frozen backbones are referenced by source, never copied;
+- ``config.json`` + ``model.safetensors``: the model, written by the save/load contract (:mod:`frozenvl.pretrained`)
+  with the task model's type, config and saved tensors, so the folder loads with that model's ``from_pretrained``
+  (``Flamingo``: its trainable weights only, frozen backbones referenced by source, never copied; ``FlameModel``,
+  ``ClipBaseline``: every weight);
 - ``optimizer.safetensors``: AdamW state tensors as ``{param name}::{key}``; ``optimizer.json``: param groups;
 - ``rng.safetensors``: every rank's torch (and CUDA) generator state;
 - ``trainer_state.json``: step, counters, data positions of every slot, Python/NumPy RNG states, the run config.
@@ -18,7 +20,6 @@ import json
 import random
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import atomic_path, fsync_file
+from frozenvl.pretrained import read_folder, write_pretrained
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-WEIGHTS = "trainable.safetensors"
+# The trainer's own files, beside the model's (CONFIG_NAME, WEIGHTS_NAME).
 OPTIMIZER = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
 RNG = "rng.safetensors"
@@ -40,7 +43,7 @@ STATE = "trainer_state.json"
 @dataclass
 class Checkpoint:
     path: Path
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # the model's saved tensors (its saved_state_dict)
     optimizer: dict[str, Any]  # torch optimizer state dict keyed by parameter name (DCP full-state layout)
     rng: list[dict[str, Any]]  # per rank
     state: dict[str, Any]
@@ -134,17 +137,14 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
-                    rng: list[dict[str, Any]], state: dict[str, Any], keep: int,
-                    write_extra: Callable[[Path], None] | None = None) -> Path:
-    """Write ``step-{step}`` atomically, then delete all but the last ``keep`` checkpoints."""
+def save_checkpoint(root: str | Path, step: int, model_type: str, config: Any, weights: dict[str, torch.Tensor],
+                    optimizer: dict[str, Any], rng: list[dict[str, Any]], state: dict[str, Any], keep: int) -> Path:
+    """Write ``step-{step}`` atomically (the model as ``model_type`` with its ``config`` and ``weights``, then the
+    trainer's state), then delete all but the last ``keep`` checkpoints."""
     final = step_dir(root, step)
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        if write_extra is not None:
-            write_extra(tmp)
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt", "frozenvl": "train-checkpoint"})
+        write_pretrained(tmp, model_type, config, weights)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
         save_file(opt_tensors, str(tmp / OPTIMIZER), metadata={"format": "pt"})
         (tmp / OPTIMIZER_META).write_text(json.dumps(opt_meta) + "\n")
@@ -172,9 +172,11 @@ def prune(root: str | Path, keep: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, model_type: str) -> Checkpoint:
+    """A checkpoint written by :func:`save_checkpoint` for a model of ``model_type`` (another model's checkpoint
+    is an error naming both)."""
     path = Path(path)
-    missing = [n for n in (WEIGHTS, OPTIMIZER, OPTIMIZER_META, RNG, STATE) if not (path / n).exists()]
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER, OPTIMIZER_META, RNG, STATE) if not (path / n).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete training checkpoint: {', '.join(missing)} missing")
     state = json.loads((path / STATE).read_text())
@@ -187,4 +189,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         rng.append(entry)
     optimizer = optimizer_from_tensors(load_file(str(path / OPTIMIZER)),
                                        json.loads((path / OPTIMIZER_META).read_text()))
-    return Checkpoint(path=path, weights=load_file(str(path / WEIGHTS)), optimizer=optimizer, rng=rng, state=state)
+    _, _, weights = read_folder(path, (model_type,))
+    return Checkpoint(path=path, weights=weights, optimizer=optimizer, rng=rng, state=state)

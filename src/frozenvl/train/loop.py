@@ -29,6 +29,12 @@ from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger("frozenvl.train")
 
+# What a run writes into train.run_dir (the checkpoint folders' files are named in frozenvl.train.checkpoint).
+RUN_CONFIG_NAME = "config.yaml"  # the resolved run config
+METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINTS_DIR = "checkpoints"  # step-XXXXXXXX/ folders
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many steps had a NaN/inf loss or gradient."""
@@ -49,7 +55,7 @@ class MetricsWriter:
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_NAME
         self.tb = None
         if not enabled:
             return
@@ -65,10 +71,10 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
             except ImportError:
                 log.warning("train.tensorboard is true but the tensorboard package is not installed: "
-                            "writing metrics.jsonl only (pip install tensorboard)")
+                            f"writing {METRICS_NAME} only (pip install tensorboard)")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -95,11 +101,12 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.dist = D.setup(t.device)
         self.run_dir = Path(t.run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
+        self.ckpt_root = self.run_dir / CHECKPOINTS_DIR
         torch.manual_seed(t.seed)  # same initial trainable weights on every rank
         self.task = task if task is not None else build_task(config.model)
         self.model = self.task.model.to(self.dist.device)
-        self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        # What a checkpoint holds of the model: its saved tensors (the save/load contract, frozenvl.pretrained).
+        self.saved_names = list(self.model.saved_state_dict())
         units = self.task.shard_units() if hasattr(self.task, "shard_units") else []
         self.wrapped = D.wrap(self.model, self.dist, t.distributed, units)
         # After wrapping: FSDP2 replaces the parameters by sharded DTensors, the optimizer must hold those.
@@ -126,7 +133,7 @@ class Trainer:
                                      self.step if self.resumed_from else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(config))
+            (self.run_dir / RUN_CONFIG_NAME).write_text(dump_config(config))
 
     # ------------------------------------------------------------------------------------------ state
     def _fsdp(self) -> bool:
@@ -139,8 +146,8 @@ class Trainer:
             sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                                            ignore_frozen_params=True))
             # Gathered on rank 0 only (the writer); other ranks get an empty dict.
-            return {n: sd[n] for n in self.trainable} if self.dist.is_main else {}
-        return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+            return {n: sd[n] for n in self.saved_names} if self.dist.is_main else {}
+        return {n: t.detach().cpu() for n, t in self.model.saved_state_dict().items()}
 
     def _optimizer_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -159,19 +166,17 @@ class Trainer:
         if self.dist.is_main:
             state = {"nonfinite_steps": self.nonfinite_steps, "data": data, "world_size": self.dist.world_size,
                      "config": self.config.to_dict()}
-            extra = getattr(self.model, "config", None)
-            write_extra = (lambda tmp: extra.save(tmp / "flamingo_config.json")) if hasattr(extra, "save") else None
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, weights, optim_state, rngs, state,
-                                        self.config.train.keep_checkpoints, write_extra)
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.model_type, self.model.config, weights,
+                                        optim_state, rngs, state, self.config.train.keep_checkpoints)
         D.barrier()
         return path
 
     def _restore(self, path: Path) -> None:
-        c = ckpt.load_checkpoint(path)
-        if sorted(c.weights) != sorted(self.trainable):
-            missing = sorted(set(self.trainable) - set(c.weights))[:5]
-            extra = sorted(set(c.weights) - set(self.trainable))[:5]
-            raise ValueError(f"checkpoint {path} does not match the model's trainable parameters "
+        c = ckpt.load_checkpoint(path, self.model.model_type)
+        if sorted(c.weights) != sorted(self.saved_names):
+            missing = sorted(set(self.saved_names) - set(c.weights))[:5]
+            extra = sorted(set(c.weights) - set(self.saved_names))[:5]
+            raise ValueError(f"checkpoint {path} does not match the model's saved tensors "
                              f"(missing {missing}, unexpected {extra}): was the model config changed?")
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -182,7 +187,7 @@ class Trainer:
         if self._fsdp():
             set_model_state_dict(self.model, c.weights, options=StateDictOptions(full_state_dict=True, strict=False))
         else:
-            self.model.load_trainable(c.weights)
+            self.model.load_saved_state_dict(c.weights)
         set_optimizer_state_dict(self.model, self.optimizer, c.optimizer,
                                  options=StateDictOptions(full_state_dict=True))
         self.mixture.load_state_dict(c.state["data"])
