@@ -72,6 +72,8 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
     from trainfixtures import tiny_tree, write_config
 
+    from frozenvl.train.loop import METRICS_NAME
+
     run = root / f"run{nproc}"
     tree = tiny_tree(world, run, steps=12, grad_accum=2 // nproc, checkpoint_every=0, log_every=4)
     cfg = write_config(root / f"c{nproc}.yaml", tree)
@@ -80,7 +82,7 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                "29533", "-m", "frozenvl.cli.train", "--config", str(cfg)]
     subprocess.run(cmd, env=ENV, check=True, capture_output=True)
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (run / METRICS_NAME).read_text().splitlines()]
     rates = [r["samples_per_s"] for r in records if "samples_per_s" in r][1:]  # first window: warm-up
     return sum(rates) / len(rates)
 
