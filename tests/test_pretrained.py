@@ -121,6 +121,11 @@ def test_a_folder_of_another_model_is_refused(kind, tmp_path):
     other = CLASSES[OTHER[kind]]
     with pytest.raises(ValueError, match=f"saved holds a {kind} model, not a {other.model_type} model"):
         other.from_pretrained(tmp_path / "saved")
+    # A config.json without a model type (written before the save/load contract) is refused as well.
+    path = tmp_path / "saved" / CONFIG_NAME
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "model_type"}))
+    with pytest.raises(ValueError, match=f"no model_type in {CONFIG_NAME}, not a {kind} model"):
+        CLASSES[kind].from_pretrained(tmp_path / "saved")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -59,7 +59,8 @@ def read_folder(folder: str | os.PathLike,
         raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {e}") from None
     found = data.pop("model_type", None) if isinstance(data, dict) else None
     if found not in model_types:
-        raise ValueError(f"{folder} holds a {found or 'unknown'} model, not a {wanted} model")
+        what = f"a {found} model" if found else f"no model_type in {CONFIG_NAME}"
+        raise ValueError(f"{folder} holds {what}, not a {wanted} model")
     return found, data, load_file(str(folder / WEIGHTS_NAME))
 
 
