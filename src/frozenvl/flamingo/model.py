@@ -133,19 +133,15 @@ class Flamingo(PretrainedModel, nn.Module):
         # Images of this chunk: numbered after those already in the cache.
         start_time = cache.last_time if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
         token_time = start_time.unsqueeze(1) + text_time(input_ids, self.image_token_id)  # (B, L)
-        # Each fused layer's cross-attention keys/values over all images, computed here for the layers to read:
-        # the new images' are appended to those of the cached images; a call without new images reuses them.
+        past_kv = cache.xattn_kv if past_media is not None else {}  # per fused layer, over the cached images
         if new_media is not None:
             chunk_docs = image_documents(input_ids, self.image_token_id, document_ids, new_media.shape[1])
             media_all = new_media if past_media is None else torch.cat([past_media, new_media], dim=1)
             docs_all = chunk_docs if cache is None else torch.cat([cache.media_docs, chunk_docs], dim=1)
-            past_kv = cache.xattn_kv if past_media is not None else {}
-            layers = self.decoder_layers
-            xattn_kv = {i: layers[i].keys_values(media_all, past_kv.get(i)) for i in self.fused_indices}
         elif past_media is not None:
-            media_all, docs_all, xattn_kv = past_media, cache.media_docs, cache.xattn_kv
+            media_all, docs_all = past_media, cache.media_docs
         else:
-            media_all, docs_all, xattn_kv = None, None, {}
+            media_all, docs_all = None, None
         if media_all is not None and int(token_time.max()) > media_all.shape[1]:
             raise ValueError(f"the text has {int(token_time.max())} <image> tokens but only "
                              f"{media_all.shape[1]} images were given")
@@ -169,9 +165,12 @@ class Flamingo(PretrainedModel, nn.Module):
                 mask = build_media_mask(token_time, document_ids, docs_all, media_all.shape[2],
                                         self.config.only_attend_immediate, dtype)
         # Always a context, also without any image: the dense FFW of each block acts on every token, so a token's
-        # output never depends on whether an image comes later in the sequence (or in a continuation).
-        with conditioning(VisualContext(mask=mask, keys_values=xattn_kv)):
+        # output never depends on whether an image comes later in the sequence (or in a continuation). With new
+        # images, each fused layer appends their keys/values to the cached ones and reports them in the context.
+        context = VisualContext(mask=mask, keys_values=past_kv, media=media_all if new_media is not None else None)
+        with conditioning(context):
             out = self.lm(**lm_kwargs)
+        xattn_kv = context.new_keys_values if new_media is not None else past_kv
         logits = out.logits
 
         loss = None
