@@ -1,14 +1,20 @@
 """The config engine: typed dataclasses from YAML mappings, dotted ``key=value`` overrides, errors naming the key.
 
-Every configuration of frozenvl is a dataclass read by :func:`from_dict`: values are coerced to the annotated
-types (``5e-4`` read by YAML as a string becomes a float), nested dataclasses and lists of them are built
-recursively, and an unknown key or a value of the wrong type raises :class:`ConfigError` naming the dotted key.
-Overrides (``optim.lr=3e-4``, ``data.datasets.pairs.weight=0.5``) are parsed as YAML and checked against the same
-schema before anything is built.
+Every configuration of frozenvl is a dataclass deriving from :class:`Config` and read by :func:`from_dict`: values
+are coerced to the annotated types (``5e-4`` read by YAML as a string becomes a float, a list becomes a tuple),
+nested dataclasses and lists of them are built recursively, and an unknown key or a value of the wrong type raises
+:class:`ConfigError` naming the dotted key. Overrides (``optim.lr=3e-4``, ``data.datasets.pairs.weight=0.5``) are
+parsed as YAML and checked against the same schema before anything is built.
+
+Value checks live in one place per class, ``validate(self, where)``, which runs whenever a config is made: in code
+(``where`` is then the class name: ``FlamingoConfig.placement must be one of ...``) or by :func:`from_dict`
+(``where`` is the dotted key in its tree: ``model.flamingo.placement must be one of ...``).
 """
 
 from __future__ import annotations
 
+import collections.abc
+import contextvars
 import dataclasses
 import types
 import typing
@@ -34,9 +40,47 @@ def check_positive(where: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{where} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
+# (class, dotted key) of the config that from_dict is constructing, read by Config.__post_init__ so that the checks
+# run on construction name the key in the tree. Other configs made meanwhile (a field's default, a config built by
+# validate()) are of another class or made after the reset below: they are checked under their own class name.
+_building: contextvars.ContextVar[tuple[type, str] | None] = contextvars.ContextVar("frozenvl_config", default=None)
+
+
+class Config:
+    """Base of every frozenvl config dataclass: ``Cls.from_dict(mapping)``, ``config.to_dict()``, and
+    :meth:`validate` run on construction, however the config is made."""
+
+    def __post_init__(self) -> None:
+        building = _building.get()
+        where = building[1] if building is not None and building[0] is type(self) else ""
+        token = _building.set(None)
+        try:
+            self.validate(where or type(self).__name__)
+        finally:
+            _building.reset(token)
+
+    def validate(self, where: str) -> None:
+        """Check the values; raise :class:`ConfigError` naming the key as ``f"{where}.{field}"``."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+        return from_dict(cls, data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as plain YAML/JSON-able data (the inverse of :func:`from_dict`)."""
-    return dataclasses.asdict(config)
+    """A config dataclass as plain YAML/JSON-able data, tuples as lists (the inverse of :func:`from_dict`)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -59,18 +103,22 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"{where} must be {' or '.join(_type_name(a) for a in args)}; got {value!r}")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (and checked): a preset's sub-config passed on as it is
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields; got {value!r}")
         return from_dict(tp, value, where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
+    if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list; got {value!r}")
-        return [_coerce(item, v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
+        item = typing.get_args(tp)[0] if typing.get_args(tp) else Any  # list[X], tuple[X, ...], Sequence[X]
+        items = [_coerce(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping; got {value!r}")
-        return dict(value)
+        item = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {k: _coerce(item, v, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
@@ -99,7 +147,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """A config dataclass from a (YAML) mapping: fields coerced to their annotated types, nested dataclasses built
-    recursively, an unknown key an error naming it (``where`` is the dotted path of ``data`` in its tree)."""
+    recursively, an unknown key an error naming it (``where`` is the dotted path of ``data`` in its tree); the
+    config's own checks (:meth:`Config.validate`) name their keys under ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping of {cls.__name__} fields; got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -107,7 +158,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; {cls.__name__} has: {', '.join(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    token = _building.set((cls, where))
+    try:
+        return cls(**kwargs)
+    finally:
+        _building.reset(token)
 
 
 # ----------------------------------------------------------------------------------------------- overrides
@@ -141,7 +196,7 @@ def apply_override(tree: dict[str, Any], assignment: str, schema: type) -> None:
             if part not in hints:
                 raise ConfigError(f"unknown key {where}; {schema.__name__} has: {', '.join(hints)}")
             field_type = hints[part]
-        else:  # a free mapping (model.flamingo): any key, validated later
+        else:  # a free mapping (model.flame.vision: fields over a preset): any key, checked when built
             field_type = Any
         if last:
             node[part] = value
@@ -160,7 +215,7 @@ def _default_of(schema: type, name: str) -> Any:
                 value = f.default_factory()
             else:
                 value = f.default
-            return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            return to_dict(value) if dataclasses.is_dataclass(value) else value
     raise ConfigError(f"unknown key {name}")
 
 

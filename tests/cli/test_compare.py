@@ -27,7 +27,8 @@ def test_equal_data_and_steps(toy, tmp_path):
     assert flame.data == clip.data and flame.optim == clip.optim
     assert {**vars(flame.train), "run_dir": ""} == {**vars(clip.train), "run_dir": ""}
     shared = ("preset", "image_size", "vision", "head_hidden", "loss")
-    assert {k: flame.model.flame[k] for k in shared} == {k: clip.model.clip_baseline[k] for k in shared}
+    assert ({k: getattr(flame.model.flame, k) for k in shared}
+            == {k: getattr(clip.model.clip_baseline, k) for k in shared})
 
 
 def test_comparison_runs_end_to_end(toy, capsys):

@@ -49,8 +49,7 @@ def _samples() -> list[dict]:
 @pytest.fixture(params=KINDS)
 def task(request, tmp_path):
     torch.manual_seed(0)
-    config = from_dict(ModelConfig, _model_section(request.param, tmp_path), "model")
-    config.validate()
+    config = from_dict(ModelConfig, _model_section(request.param, tmp_path), "model")  # checked as it is built
     return build_task(config)
 
 

@@ -29,7 +29,8 @@ def test_checkpoint_holds_only_trainable_weights_and_no_pickle(tmp_path, world):
     weights = load_file(str(last / WEIGHTS_NAME))
     from frozenvl.testing import tiny_flamingo
 
-    model, _ = tiny_flamingo(**{k: v for k, v in cfg.model.flamingo.items()})
+    architecture = {k: v for k, v in cfg.model.flamingo.to_dict().items() if k not in ("lm", "vision")}
+    model, _ = tiny_flamingo(**architecture)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert set(weights) == trainable and not set(weights) & frozen

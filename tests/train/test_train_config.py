@@ -6,7 +6,7 @@ import pytest
 from trainfixtures import tiny_tree, write_config
 
 from frozenvl.cli.train import main
-from frozenvl.train.config import ConfigError, load_config
+from frozenvl.train.config import ConfigError, dump_config, load_config
 
 
 def test_yaml_and_overrides(tmp_path, world):
@@ -17,8 +17,8 @@ def test_yaml_and_overrides(tmp_path, world):
     assert cfg.optim.lr == 5e-4
     assert [d.weight for d in cfg.data.datasets] == [1.0, 0.5, 0.25]
     assert cfg.data.datasets[0].batch_size == 3
-    assert cfg.model.flamingo["cross_attn_every"] == 1
-    assert cfg.model.flamingo["num_latents"] == 4  # untouched siblings stay
+    assert cfg.model.flamingo.cross_attn_every == 1
+    assert cfg.model.flamingo.num_latents == 4  # untouched siblings stay
     assert cfg.train.precision == "bf16" and cfg.optim.grad_clip is None
     assert cfg.data.mixing == "round_robin"
 
@@ -32,9 +32,12 @@ def test_yaml_and_overrides(tmp_path, world):
     ("data.datasets.nope.weight=1", "no entry named 'nope'"),
     ("data.datasets.7.weight=1", "index 7 out of range"),
     ("data.datasets.pairs.weight=-1", "data.datasets.0.weight must be >= 0"),
-    ("model.flamingo.gating=sigmoid", "model.flamingo: FlamingoConfig.gating must be one of"),
-    ("model.flamingo.resamplr=mlp", "unknown FlamingoConfig fields: resamplr"),
+    ("model.flamingo.gating=sigmoid", "model.flamingo.gating must be one of tanh, none; got 'sigmoid'"),
+    ("model.flamingo.resamplr=mlp", "unknown key model.flamingo.resamplr; FlamingoConfig has"),
     ("train.progress=maybe", "train.progress must be true or false"),
+    ("model.flame.vision.widht=8", "unknown key model.flame.vision.widht; VisionTransformerConfig has"),
+    ("model.clip_baseline.tokenizer.kind=bpe", "model.clip_baseline.tokenizer.kind must be one of word, byte"),
+    ("model.clip_baseline.text.layerz=2", "unknown key model.clip_baseline.text.layerz"),
     ("optim.lr", "must look like key.path=value"),
 ])
 def test_bad_overrides_name_the_key(tmp_path, world, override, message):
@@ -64,6 +67,18 @@ def test_cli_print_config_and_error_exit(tmp_path, world, capsys):
         main(["--help"])
     assert e.value.code == 0
     assert "--resume" in capsys.readouterr().out
+
+
+def test_printed_config_loads_back_to_the_same_config(tmp_path, world, capsys):
+    path = write_config(tmp_path / "c.yaml", tiny_tree(world, tmp_path / "run"))
+    overrides = ["model.flamingo.cross_attn_every=1", "model.flame.vision.patch_size=4",
+                 "model.clip_baseline.tokenizer.kind=byte", "data.datasets.pairs.weight=0.5", "optim.grad_clip=null"]
+    config = load_config(path, overrides)
+    (tmp_path / "dumped.yaml").write_text(dump_config(config))
+    assert load_config(tmp_path / "dumped.yaml") == config
+    assert main(["--config", str(path), "--print-config", *overrides]) == 0
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    assert load_config(tmp_path / "printed.yaml") == config
 
 
 def test_shipped_configs_are_valid():

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from frozenvl.config import Config
+
 
 @dataclass
-class VisionTransformerConfig:
+class VisionTransformerConfig(Config):
     image_size: int = 224
     patch_size: int = 16
     width: int = 768

@@ -23,13 +23,15 @@ from typing import Any
 
 import torch
 
+from frozenvl.config import Config
+
 log = logging.getLogger(__name__)
 MODELS = ("flame", "clip_baseline")
 EVAL_SPLITS = ("classification", "heldout", "retrieval")
 
 
 @dataclass
-class ComparisonConfig:
+class ComparisonConfig(Config):
     out: str = "runs/flame_vs_clip"
     world: str | None = None  # an existing synthetic world; None: generate one under out/world
     seed: int = 0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from frozenvl.config import Config, ConfigError, check_choice, check_positive
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.data.formats import decode_sample, finalize_interleaved
 from frozenvl.data.shards import expand_shards, read_shard
@@ -37,7 +38,7 @@ def approx_token_count(text: str) -> int:
 
 
 @dataclass
-class LoaderConfig:
+class LoaderConfig(Config):
     """What the loader reads and how. All sampling is a function of `seed` and the epoch."""
 
     seed: int = 0
@@ -53,14 +54,17 @@ class LoaderConfig:
     max_pixels: int = 64_000_000  # larger images are skipped ('image_too_large'), a guard against bombs
 
     def __post_init__(self) -> None:
-        if self.split_by not in ("auto", "shard", "sample"):
-            raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {self.split_by!r}")
-        if not 0.0 <= self.single_image_drop_prob <= 1.0:
-            raise ValueError(f"single_image_drop_prob must be in [0, 1], got {self.single_image_drop_prob}")
-        if self.max_images < 1 or self.max_tokens < 1 or self.shuffle_buffer < 0:
-            raise ValueError("max_images and max_tokens must be >= 1 and shuffle_buffer >= 0")
         if self.kinds is not None:
             self.kinds = tuple(self.kinds)
+        super().__post_init__()
+
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.split_by", self.split_by, ("auto", "shard", "sample"))
+        if not 0.0 <= self.single_image_drop_prob <= 1.0:
+            raise ConfigError(f"{where}.single_image_drop_prob must be in [0, 1]; got {self.single_image_drop_prob}")
+        for name in ("max_images", "max_tokens"):
+            check_positive(f"{where}.{name}", getattr(self, name))
+        check_positive(f"{where}.shuffle_buffer", self.shuffle_buffer, allow_zero=True)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from frozenvl.config import Config, ConfigError
 from frozenvl.data.formats import (
     RawSample,
     caption_record,
@@ -65,7 +66,7 @@ EVAL_SPLITS = ("captioning", "vqa", "classification", "retrieval", "video_qa", "
 
 
 @dataclass
-class WorldConfig:
+class WorldConfig(Config):
     seed: int = 0
     image_size: int = 64
     image_format: str = "png"
@@ -88,20 +89,26 @@ class WorldConfig:
     splits: tuple[str, ...] = field(default_factory=lambda: TRAIN_SPLITS + EVAL_SPLITS)
 
     def __post_init__(self) -> None:
+        self.splits = tuple(self.splits)
+        super().__post_init__()
+        self.page_themes = {t: float(w) for t, w in self._themes().items()}
+
+    def _themes(self) -> dict[str, float]:
+        return {**dict.fromkeys(PAGE_THEMES, 1.0), **self.page_themes}  # themes left out keep their weight of 1
+
+    def validate(self, where: str) -> None:
         unknown = set(self.splits) - set(SPLIT_IDS)
         if unknown:
-            raise ValueError(f"unknown synthetic splits {sorted(unknown)}; known: {', '.join(SPLIT_IDS)}")
+            raise ConfigError(f"{where}.splits: unknown synthetic splits {sorted(unknown)}; known: "
+                              f"{', '.join(SPLIT_IDS)}")
         if self.image_size < 24:
-            raise ValueError(f"image_size must be >= 24 pixels, got {self.image_size}")
+            raise ConfigError(f"{where}.image_size must be >= 24 pixels; got {self.image_size}")
         if not 2 <= self.n_way <= min(len(SHAPES), len(COLOURS), len(EVAL_WORDS)):
-            raise ValueError(f"n_way must be in [2, {len(SHAPES)}], got {self.n_way}")
-        self.splits = tuple(self.splits)
-        # Themes left out keep their default weight of 1.
-        themes = {**dict.fromkeys(PAGE_THEMES, 1.0), **self.page_themes}
+            raise ConfigError(f"{where}.n_way must be in [2, {len(SHAPES)}]; got {self.n_way}")
+        themes = self._themes()
         if set(themes) != set(PAGE_THEMES) or any(not w >= 0 for w in themes.values()) or not sum(themes.values()) > 0:
-            raise ValueError(f"page_themes must map themes of {PAGE_THEMES} to weights >= 0, not all 0; "
-                             f"got {self.page_themes}")
-        self.page_themes = {t: float(themes[t]) for t in PAGE_THEMES}
+            raise ConfigError(f"{where}.page_themes must map themes of {PAGE_THEMES} to weights >= 0, not all 0; "
+                              f"got {self.page_themes}")
 
 
 @dataclass

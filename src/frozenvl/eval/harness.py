@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from frozenvl.config import Config, ConfigError
 from frozenvl.eval.demonstrations import RandomDemos, Rices
 from frozenvl.eval.postprocess import postprocess
 from frozenvl.eval.prompts import Prompt, build_prompt, demos_for_shots
@@ -43,7 +44,7 @@ class TaskData:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """``shots``: shot counts (0 = two text-only demonstrations). ``trials``: random demonstration draws per
     shot count, seeded by ``seed`` (RICES is deterministic: one trial). ``limit``: the first N queries.
     ``batch_size``: queries decoded together; ``candidate_batch_size``: candidates per forward.
@@ -62,13 +63,16 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.shots = [int(s) for s in self.shots]
+        super().__post_init__()
+
+    def validate(self, where: str) -> None:
         if not self.shots or any(s < 0 for s in self.shots):
-            raise ValueError(f"shots must be a non-empty list of counts >= 0, got {self.shots}")
+            raise ConfigError(f"{where}.shots must be a non-empty list of counts >= 0; got {self.shots}")
         for name in ("trials", "batch_size", "candidate_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{where}.{name} must be >= 1; got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+            raise ConfigError(f"{where}.limit must be >= 1; got {self.limit}")
 
 
 class VisionFeatures:

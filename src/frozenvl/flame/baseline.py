@@ -13,21 +13,23 @@ code (``frozenvl.flame.inference`` / ``evaluate``) scores both models unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frozenvl.backbones.vit import Block, VisionTransformer, VisionTransformerConfig
+from frozenvl.config import Config, from_dict
 from frozenvl.flame.loss import build_loss
-from frozenvl.flame.model import PatchHead, override_fields, preset_config
+from frozenvl.flame.model import PatchHead, preset_config
 from frozenvl.flame.simple_tokenizer import EOS, SimpleTokenizer, TokenizerConfig
 from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
-class TextTransformerConfig:
+class TextTransformerConfig(Config):
     width: int = 256
     layers: int = 4
     heads: int = 4
@@ -35,7 +37,7 @@ class TextTransformerConfig:
 
 
 @dataclass
-class ClipBaselineConfig:
+class ClipBaselineConfig(Config):
     vision: VisionTransformerConfig = field(default_factory=VisionTransformerConfig)
     embed_dim: int = 576  # the joint space; FLAME's is the LLM's hidden size, use the same for the same head
     head_hidden: int = 4096
@@ -43,25 +45,15 @@ class ClipBaselineConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     loss: str = "sigmoid"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ClipBaselineConfig:
-        data = dict(data)
-        return cls(vision=VisionTransformerConfig(**data.pop("vision", {})),
-                   text=TextTransformerConfig(**data.pop("text", {})),
-                   tokenizer=TokenizerConfig(**data.pop("tokenizer", {})), **data)
-
-
-def baseline_config(preset: str, embed_dim: int = 576, text: dict | None = None, tokenizer: dict | None = None,
-                    **overrides) -> ClipBaselineConfig:
-    """The image tower of FLAME preset ``preset`` (same ViT, same head widths) with a trainable text tower."""
+def baseline_config(preset: str, embed_dim: int = 576, text: TextTransformerConfig | dict[str, Any] | None = None,
+                    tokenizer: TokenizerConfig | dict[str, Any] | None = None, **overrides: Any) -> ClipBaselineConfig:
+    """The image tower of FLAME preset ``preset`` (same ViT, same head widths) with a trainable text tower;
+    ``text`` / ``tokenizer`` (configs or their fields) and ``overrides`` are read by the config engine."""
     image = preset_config(preset, embed_dim)
-    config = ClipBaselineConfig(vision=image.vision, embed_dim=embed_dim, head_hidden=image.head_hidden,
-                                text=TextTransformerConfig(**(text or {})),
-                                tokenizer=TokenizerConfig(**(tokenizer or {})))
-    return override_fields(config, overrides)
+    fields = {"vision": image.vision, "embed_dim": embed_dim, "head_hidden": image.head_hidden,
+              "text": text if text is not None else {}, "tokenizer": tokenizer if tokenizer is not None else {}}
+    return from_dict(ClipBaselineConfig, {**fields, **overrides})
 
 
 class TextTransformer(nn.Module):
@@ -128,7 +120,6 @@ class ClipBaseline(PretrainedModel, nn.Module):
 
     def text_encoder(self, batch_size: int = 256) -> BaselineTextEncoder:
         return BaselineTextEncoder(self, batch_size)
-
 
 
 class BaselineTextEncoder:

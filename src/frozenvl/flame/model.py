@@ -6,7 +6,7 @@ patch tokens, L2 norm. The text side has no trainable part: its embeddings come 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,27 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from frozenvl.backbones.vit import VisionTransformer, VisionTransformerConfig
+from frozenvl.config import Config, from_dict, to_dict
 from frozenvl.flame.loss import build_loss
 from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
-class FlameConfig:
+class FlameConfig(Config):
     vision: VisionTransformerConfig = field(default_factory=VisionTransformerConfig)
     text_dim: int = 576  # hidden size of the frozen LLM (SmolLM2-135M: 576)
     head_hidden: int = 4096  # hidden width of the per-token MLP head (official: max(text_dim, 4096))
     loss: str = "sigmoid"  # "sigmoid" (official) or "infonce"
     sampled_facets: int = 6  # S positives drawn per image per training step (official: 6 of 11)
     text: dict[str, Any] = field(default_factory=dict)  # the text encoder's description (LLM, layer, prompt-set hash)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FlameConfig:
-        data = dict(data)
-        vision = VisionTransformerConfig(**data.pop("vision", {}))
-        return cls(vision=vision, **data)
 
 
 PRESETS = {
@@ -53,18 +45,10 @@ def preset_config(preset: str, text_dim: int) -> FlameConfig:
     return PRESETS[preset](text_dim)
 
 
-def override_fields(config, overrides: dict):
-    """Set existing fields of a config dataclass; an unknown field is an error naming it."""
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ValueError(f"{type(config).__name__} has no field {key!r}")
-        setattr(config, key, value)
-    return config
-
-
-def flame_config(preset: str, text_dim: int = 576, **overrides) -> FlameConfig:
-    """A named preset (``tiny`` for tests, ``B/16`` for real runs) with optional field overrides."""
-    return override_fields(preset_config(preset, text_dim), overrides)
+def flame_config(preset: str, text_dim: int = 576, **overrides: Any) -> FlameConfig:
+    """A named preset (``tiny`` for tests, ``B/16`` for real runs) with optional field overrides, read by the config
+    engine (an unknown field is a :class:`~frozenvl.config.ConfigError` naming it)."""
+    return from_dict(FlameConfig, {**to_dict(preset_config(preset, text_dim)), **overrides})
 
 
 class PatchHead(nn.Module):

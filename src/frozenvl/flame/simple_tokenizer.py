@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
+from frozenvl.config import Config, ConfigError, check_choice
 from frozenvl.tensors import pad_sequences
 
 PAD, BOS, EOS = 0, 1, 2
@@ -25,21 +26,17 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Config):
     kind: str = "word"  # "word" (hashed words) | "byte"
     vocab_size: int = 4096  # "word" only: hash buckets + the special ids
     max_length: int = 77  # BOS and EOS included
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("word", "byte"):
-            raise ValueError(f"tokenizer kind must be 'word' or 'byte', got {self.kind!r}")
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.kind", self.kind, ("word", "byte"))
         if self.max_length < 3:
-            raise ValueError(f"tokenizer max_length must be >= 3, got {self.max_length}")
+            raise ConfigError(f"{where}.max_length must be >= 3; got {self.max_length}")
         if self.kind == "word" and self.vocab_size <= SPECIAL:
-            raise ValueError(f"tokenizer vocab_size must be > {SPECIAL}, got {self.vocab_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError(f"{where}.vocab_size must be > {SPECIAL}; got {self.vocab_size}")
 
 
 class SimpleTokenizer:

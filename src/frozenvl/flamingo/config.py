@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from frozenvl.config import Config, ConfigError, check_choice
 
 
 @dataclass
-class FlamingoConfig:
+class FlamingoConfig(Config):
     # Frozen backbones, referenced by source (not copied into checkpoints).
     lm: str = "embedded:smollm2-135m"
     vision: str = "embedded:efficientnet-lite0"
@@ -32,29 +33,13 @@ class FlamingoConfig:
     max_images: int = 32  # per sequence
     max_length: int = 2048  # tokens per sequence
 
-    def __post_init__(self) -> None:
-        checks = {
-            "placement": (self.placement, ("first", "openflamingo")),
-            "xattn_kind": (self.xattn_kind, ("gated_dense", "vanilla")),
-            "gating": (self.gating, ("tanh", "none")),
-            "resampler": (self.resampler, ("perceiver", "mlp", "transformer")),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"FlamingoConfig.{name} must be one of {allowed}, got {value!r}")
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.placement", self.placement, ("first", "openflamingo"))
+        check_choice(f"{where}.xattn_kind", self.xattn_kind, ("gated_dense", "vanilla"))
+        check_choice(f"{where}.gating", self.gating, ("tanh", "none"))
+        check_choice(f"{where}.resampler", self.resampler, ("perceiver", "mlp", "transformer"))
         for name in ("cross_attn_every", "xattn_heads", "xattn_dim_head", "ff_mult", "resampler_depth",
                      "resampler_heads", "resampler_dim_head", "num_latents", "max_images", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"FlamingoConfig.{name} must be a positive integer, got {value!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FlamingoConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown FlamingoConfig fields: {', '.join(unknown)}")
-        return cls(**data)
+                raise ConfigError(f"{where}.{name} must be a positive integer; got {value!r}")

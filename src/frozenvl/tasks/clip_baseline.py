@@ -9,9 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from frozenvl.flame.baseline import ClipBaseline, ClipBaselineConfig, baseline_config
+from frozenvl.config import check_choice
+from frozenvl.flame.baseline import ClipBaseline, ClipBaselineConfig, TextTransformerConfig, baseline_config
 from frozenvl.flame.inference import image_transform
-from frozenvl.flame.simple_tokenizer import SimpleTokenizer
+from frozenvl.flame.model import preset_config
+from frozenvl.flame.simple_tokenizer import SimpleTokenizer, TokenizerConfig
 from frozenvl.flame.store import EmbeddingStore
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.image_tower import ImageTowerOptions
@@ -21,25 +23,20 @@ from frozenvl.tasks.image_tower import ImageTowerOptions
 class ClipBaselineTaskOptions(ImageTowerOptions):
     embed_dim: int | None = None  # None: the dimension of `store` (FLAME's joint space), else 576
     store: str | None = None  # optional: a FLAME store whose dimension the joint space copies
-    text: dict[str, Any] = field(default_factory=dict)  # TextTransformerConfig fields (width, layers, heads)
-    tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields (kind, vocab_size, max_length)
+    text: TextTransformerConfig = field(default_factory=TextTransformerConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     caption: str = "caption"  # which caption of a pair to train on: "caption" (short) | "long_caption"
 
-    def validate(self) -> None:
-        super().validate()
-        if self.caption not in ("caption", "long_caption"):
-            raise ValueError(f"caption must be 'caption' or 'long_caption'; got {self.caption!r}")
-        baseline_config(self.preset, 8, self.text, self.tokenizer)
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        check_choice(f"{where}.caption", self.caption, ("caption", "long_caption"))
 
     def build_config(self) -> ClipBaselineConfig:
         dim = self.embed_dim
         if dim is None:
             dim = EmbeddingStore(self.store).meta["dim"] if self.store else 576
-        config = baseline_config(self.preset, dim, self.text, self.tokenizer, loss=self.loss)
-        config.vision = self.vision_config(config.vision)
-        if self.head_hidden is not None:
-            config.head_hidden = self.head_hidden
-        return config
+        return baseline_config(self.preset, dim, self.text, self.tokenizer,
+                               **self.tower_fields(preset_config(self.preset, dim)))
 
 
 class ClipBaselineCollator:

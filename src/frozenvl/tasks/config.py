@@ -1,12 +1,11 @@
 """``ModelConfig``: the ``model:`` section of a run config - which task, what it builds, what trains and what stays
-frozen. ``kind`` picks the task (``flamingo``, ``flame``, ``clip_baseline``); each kind reads its own options."""
+frozen. ``kind`` picks the task (``flamingo``, ``flame``, ``clip_baseline``); each kind reads its own section."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from frozenvl.config import ConfigError
+from frozenvl.config import Config, ConfigError
 from frozenvl.config import check_choice as _choice
 from frozenvl.config import check_positive as _positive
 from frozenvl.flamingo import FlamingoConfig
@@ -15,16 +14,17 @@ from frozenvl.tasks.flame import FlameTaskOptions
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """What is trained. Table 3 switches: ``flamingo`` (xattn kind/frequency, gating, resampler), ``vision``,
     ``lm`` and ``lm_init``, ``train_lm`` / ``train_vision`` (fine-tuning, with their own learning rates)."""
 
     kind: str = "flamingo"
     # Sources: see frozenvl.flamingo.build; "tiny:llama" / "tiny" build frozenvl.testing's random tiny models.
+    # The task records them in the saved FlamingoConfig (its own lm / vision fields are not read).
     lm: str = "embedded:smollm2-135m"
     vision: str = "embedded:efficientnet-lite0"
     lm_init: str = "pretrained"  # "pretrained" | "random" (ablation: a randomly initialised LM)
-    flamingo: dict[str, Any] = field(default_factory=dict)  # FlamingoConfig fields
+    flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)  # kind "flamingo": the architecture
     train_lm: bool = False  # fine-tuning: the whole LM trains (at lm_lr)
     train_vision: bool = False  # fine-tuning: the vision encoder trains (at vision_lr)
     lm_lr: float | None = None  # None: optim.lr
@@ -33,26 +33,16 @@ class ModelConfig:
     # kind "flamingo": start from the trainable weights of a saved Flamingo (save_pretrained folder or a training
     # checkpoint), e.g. a second training stage; the architecture in `flamingo` must match it
     init_from: str | None = None
-    # kind "flame": FlameTaskOptions fields (store, preset, image_size, vision, head_hidden, loss, sampled_facets);
-    # kind "clip_baseline": ClipBaselineTaskOptions fields (the same image tower + text, tokenizer, caption, ...).
-    flame: dict[str, Any] = field(default_factory=dict)
-    clip_baseline: dict[str, Any] = field(default_factory=dict)
+    flame: FlameTaskOptions = field(default_factory=FlameTaskOptions)  # kind "flame"
+    clip_baseline: ClipBaselineTaskOptions = field(default_factory=ClipBaselineTaskOptions)  # kind "clip_baseline"
 
-    def validate(self, where: str = "model") -> None:
+    def validate(self, where: str) -> None:
         _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
         _choice(f"{where}.lm_init", self.lm_init, ("pretrained", "random"))
         if self.init_from is not None and self.kind != "flamingo":
             raise ConfigError(f"{where}.init_from is for model.kind flamingo, not {self.kind!r}")
-        if self.kind in ("flame", "clip_baseline"):
-            options = FlameTaskOptions if self.kind == "flame" else ClipBaselineTaskOptions
-            try:
-                options.from_dict(getattr(self, self.kind))
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{where}.{self.kind}: {e}") from None
-        try:
-            FlamingoConfig.from_dict(self.flamingo)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{where}.flamingo: {e}") from None
+        if self.kind == "flame":
+            self.flame.check_store(f"{where}.flame")
         for name in ("lm_lr", "vision_lr"):
             if getattr(self, name) is not None:
                 _positive(f"{where}.{name}", getattr(self, name))

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from frozenvl.config import ConfigError
 from frozenvl.flame.inference import image_transform
-from frozenvl.flame.model import FlameConfig, FlameModel, flame_config
+from frozenvl.flame.model import FlameConfig, FlameModel, flame_config, preset_config
 from frozenvl.flame.store import EmbeddingStore
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.image_tower import ImageTowerOptions
@@ -26,20 +27,21 @@ class FlameTaskOptions(ImageTowerOptions):
     store: str = ""  # the offline embedding store (frozenvl flame embed --out)
     sampled_facets: int = 6
 
-    def validate(self) -> None:
-        super().validate()
-        if not self.store:
-            raise ValueError("store is empty: give the folder written by `frozenvl flame embed`")
+    def validate(self, where: str) -> None:
+        super().validate(where)
         if self.sampled_facets < 1:
-            raise ValueError(f"sampled_facets must be >= 1; got {self.sampled_facets}")
+            raise ConfigError(f"{where}.sampled_facets must be >= 1; got {self.sampled_facets}")
+
+    def check_store(self, where: str) -> None:
+        """A FLAME run needs a store; the default options have none, so this is not part of :meth:`validate`."""
+        if not self.store:
+            raise ConfigError(f"{where}.store is empty: give the folder written by `frozenvl flame embed`")
 
     def build_config(self) -> FlameConfig:
-        meta = EmbeddingStore(self.store).meta
-        config = flame_config(self.preset, text_dim=meta["dim"], loss=self.loss, sampled_facets=self.sampled_facets)
-        config.vision = self.vision_config(config.vision)
-        if self.head_hidden is not None:
-            config.head_hidden = self.head_hidden
-        return config
+        self.check_store(type(self).__name__)
+        dim = EmbeddingStore(self.store).meta["dim"]
+        return flame_config(self.preset, text_dim=dim, sampled_facets=self.sampled_facets,
+                            **self.tower_fields(preset_config(self.preset, dim)))
 
 
 class FlameCollator:

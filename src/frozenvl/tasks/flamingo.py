@@ -68,7 +68,7 @@ class FlamingoTask(ModelTask):
         self.config = config
         lm, tokenizer = _load_lm(config.lm, config.lm_init)
         self.model, self.processor = build(lm=lm, tokenizer=tokenizer, vision=_load_vision(config.vision),
-                                           **config.flamingo)
+                                           config=config.flamingo)
         self.model.config.lm, self.model.config.vision = config.lm, config.vision  # sources, not "<instance>"
         if config.init_from is not None:
             self._init_from(config.init_from)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from frozenvl.config import Config, ConfigError, check_choice, from_dict, to_dict
 from frozenvl.flame.loss import build_loss
-from frozenvl.flame.model import PRESETS, VisionTransformerConfig
+from frozenvl.flame.model import PRESETS, FlameConfig, VisionTransformerConfig
 
 
 @dataclass
-class ImageTowerOptions:
+class ImageTowerOptions(Config):
     """The image tower shared by FLAME and the baseline: a preset, then field overrides."""
 
     preset: str = "tiny"  # "tiny" | "small/16" | "B/16"
@@ -20,30 +20,28 @@ class ImageTowerOptions:
     head_hidden: int | None = None  # None: the preset's
     loss: str = "sigmoid"  # "sigmoid" | "infonce"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; {cls.__name__} has: {', '.join(names)}")
-        options = cls(**data)
-        options.validate()
-        return options
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.preset", self.preset, tuple(PRESETS))
+        try:
+            build_loss(self.loss)
+        except ValueError as e:
+            raise ConfigError(f"{where}.loss: {e}") from None
+        self.vision_config(PRESETS[self.preset](8).vision, where)
 
-    def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
-        build_loss(self.loss)
-        self.vision_config(PRESETS[self.preset](8).vision)
-
-    def vision_config(self, base: VisionTransformerConfig) -> VisionTransformerConfig:
-        fields = {**dataclasses.asdict(base), **self.vision}
+    def vision_config(self, base: VisionTransformerConfig, where: str = "") -> VisionTransformerConfig:
+        """``base`` (the preset's ViT) with this tower's overrides; ``where`` names the tower's section in errors."""
+        where = where or type(self).__name__
+        fields = {**to_dict(base), **self.vision}
         if self.image_size is not None:
             fields["image_size"] = self.image_size
-        try:
-            config = VisionTransformerConfig(**fields)
-        except TypeError as e:
-            raise ValueError(f"vision: {e}") from None
+        config = from_dict(VisionTransformerConfig, fields, f"{where}.vision")
         if config.image_size % config.patch_size:
-            raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
+            raise ConfigError(f"{where}.image_size {config.image_size} is not a multiple of patch_size "
+                              f"{config.patch_size}")
         return config
+
+    def tower_fields(self, preset: FlameConfig) -> dict[str, Any]:
+        """The image-tower fields of a FLAME or CLIP-baseline config: ``preset``'s with this tower's overrides."""
+        return {"vision": self.vision_config(preset.vision),
+                "head_hidden": preset.head_hidden if self.head_hidden is None else self.head_hidden,
+                "loss": self.loss}

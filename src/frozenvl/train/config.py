@@ -3,7 +3,7 @@
 ``RunConfig`` = ``model`` (what is trained and what stays frozen) + ``data`` (the dataset mixture) + ``optim``
 (AdamW and the learning-rate schedule) + ``train`` (steps, batch layout, precision, distribution, checkpoints,
 logging). Every field has a default, so a YAML file only lists what differs. Unknown keys and bad values raise
-:class:`ConfigError` naming the dotted key.
+:class:`ConfigError` naming the dotted key (the engine: :mod:`frozenvl.config`).
 
 Overrides: ``optim.lr=3e-4``, ``model.flamingo.cross_attn_every=2``, ``data.datasets.pairs.weight=0.5``
 (a dataset by name, or by index: ``data.datasets.0.weight``). Values are parsed as YAML (``true``, ``1e-4``,
@@ -12,12 +12,11 @@ Overrides: ``optim.lr=3e-4``, ``model.flamingo.cross_attn_every=2``, ``data.data
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frozenvl.config import ConfigError, apply_override, dump_yaml, from_dict, load_yaml
+from frozenvl.config import Config, ConfigError, apply_override, dump_yaml, load_yaml
 from frozenvl.config import check_choice as _choice
 from frozenvl.config import check_positive as _positive
 from frozenvl.tasks.config import ModelConfig
@@ -27,7 +26,7 @@ __all__ = ["ConfigError", "DataConfig", "DatasetConfig", "ModelConfig", "OptimCo
 
 
 @dataclass
-class DatasetConfig:
+class DatasetConfig(Config):
     """One dataset of the mixture: its shards, its weight lambda and its per-slot batch size."""
 
     name: str = "pairs"
@@ -42,8 +41,6 @@ class DatasetConfig:
     def validate(self, where: str) -> None:
         if not self.name or "." in self.name or "/" in self.name:
             raise ConfigError(f"{where}.name must be a non-empty name without '.' or '/'; got {self.name!r}")
-        if not self.shards:
-            raise ConfigError(f"{where}.shards is empty: give a folder, a glob, a brace range or a list of files")
         _positive(f"{where}.weight", self.weight, allow_zero=True)
         for name in ("batch_size", "max_images", "max_tokens"):
             v = getattr(self, name)
@@ -52,7 +49,7 @@ class DatasetConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     datasets: list[DatasetConfig] = field(default_factory=list)
     # "accumulate" (paper): each step sums the weighted gradients of every dataset before one optimizer step.
     # "round_robin" (ablation): step t uses dataset t mod D only.
@@ -63,12 +60,15 @@ class DataConfig:
     shuffle_buffer: int = 256
     num_workers: int = 0  # loader workers per (slot, dataset)
 
-    def validate(self, where: str = "data") -> None:
+    def validate(self, where: str) -> None:
         _choice(f"{where}.mixing", self.mixing, ("accumulate", "round_robin"))
         for group in ("datasets", "eval_datasets"):
             names = set()
             for i, d in enumerate(getattr(self, group)):
-                d.validate(f"{where}.{group}.{i}")
+                # Checked here, not by DatasetConfig, whose default (the template of an entry) has no shards.
+                if not d.shards:
+                    raise ConfigError(f"{where}.{group}.{i}.shards is empty: give a folder, a glob, a brace range "
+                                      "or a list of files")
                 if d.name in names:
                     raise ConfigError(f"{where}.{group}: the name {d.name!r} is used twice")
                 names.add(d.name)
@@ -79,7 +79,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Config):
     lr: float = 1e-4
     weight_decay: float = 0.1  # never on norms, biases, gates, latents or embedding rows
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -92,7 +92,7 @@ class OptimConfig:
     # AdamW step moves each by about lr, so at small lr they open slowly; a larger gate_lr opens them sooner.
     gate_lr: float | None = None
 
-    def validate(self, where: str = "optim") -> None:
+    def validate(self, where: str) -> None:
         _positive(f"{where}.lr", self.lr)
         if self.gate_lr is not None:
             _positive(f"{where}.gate_lr", self.gate_lr)
@@ -109,7 +109,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     run_dir: str = "runs/flamingo"
     steps: int = 1000  # optimizer steps
     # Micro-batches per rank per step. The global batch is world_size x grad_accum "slots", each reading its own
@@ -128,7 +128,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events (if the tensorboard package is installed)
     threads: int | None = None  # torch CPU threads per process (None: torch's default)
 
-    def validate(self, where: str = "train") -> None:
+    def validate(self, where: str) -> None:
         for name in ("steps", "grad_accum", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name} must be >= 1; got {getattr(self, name)!r}")
@@ -142,35 +142,26 @@ class TrainConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Config):
+    """A whole run; every section checked when built. The defaults are a valid config with nothing to train on:
+    :func:`load_config` also asks for at least one dataset."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> RunConfig:
-        self.model.validate()
-        self.data.validate()
-        self.optim.validate()
-        self.train.validate()
-        if not self.data.datasets:
-            raise ConfigError("data.datasets is empty: list at least one dataset to train on")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return from_dict(cls, data).validate()
-
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config (or the defaults when ``path`` is None), apply overrides, validate."""
+    """Read a YAML run config (or the defaults when ``path`` is None), apply overrides, check it; a run needs at
+    least one dataset."""
     tree: dict[str, Any] = load_yaml(path) if path is not None else {}
     for assignment in overrides:
         apply_override(tree, assignment, RunConfig)
-    return RunConfig.from_dict(tree)
+    config = RunConfig.from_dict(tree)
+    if not config.data.datasets:
+        raise ConfigError("data.datasets is empty: list at least one dataset to train on")
+    return config
 
 
 def dump_config(config: RunConfig) -> str:
