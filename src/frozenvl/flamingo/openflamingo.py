@@ -52,11 +52,7 @@ def _xattn_name(rest: str) -> str:
 
 def map_openflamingo_state_dict(model: Flamingo, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenFlamingo names -> our trainable parameter names; embedding matrices are handled separately."""
-    fused = {}
-    for name, module in model.named_modules():
-        if name.endswith(".xattn") and hasattr(module, "attn_gate"):
-            index = int(name.split(".")[-2])
-            fused[index] = name
+    fused = {i: f"lm.{model.decoder_layers_path}.{i}.xattn" for i in model.fused_indices}  # index -> block name
     mapped, unexpected, origin = {}, [], {}
     for key, tensor in state.items():
         if _IGNORED.match(key) or key.endswith(_EMBED + _HEAD):

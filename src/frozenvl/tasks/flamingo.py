@@ -107,9 +107,8 @@ class FlamingoTask(ModelTask):
         self.model.vision.train(self.config.train_vision)
         if not self.config.train_lm:
             self.model.lm.eval()
-            for name, module in self.model.lm.named_modules():
-                if name.endswith(".xattn"):
-                    module.train()
+            for i in self.model.fused_indices:
+                self.model.decoder_layers[i].xattn.train()
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = next(p for p in self.model.parameters()).device
