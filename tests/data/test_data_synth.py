@@ -19,6 +19,8 @@ from frozenvl.data.synth import (
     WorldConfig,
     generate_world,
     iter_world_split,
+    split_folder,
+    world_split_shards,
 )
 
 SMALL = dict(n_pairs=300, n_interleaved=60, n_video=30, n_eval=60, n_episodes=40, shard_size=100, frames=4)
@@ -32,9 +34,8 @@ def world(tmp_path_factory):
 
 
 def load(out, split) -> list[dict]:
-    sub = "train" if split in ("pairs", "interleaved", "video") else "eval"
-    return list(ShardDataset(out / sub / f"{split}-*.tar", LoaderConfig(shuffle_shards=False, max_images=10,
-                                                                       max_tokens=1000)))
+    config = LoaderConfig(shuffle_shards=False, max_images=10, max_tokens=1000)
+    return list(ShardDataset(out / split_folder(split) / f"{split}-*.tar", config))
 
 
 def test_layout_and_metadata(world):
@@ -65,6 +66,8 @@ def test_evaluation_split_reader(world, tmp_path):
     assert skips.as_dict() == {"corrupt_image": 1}
     with pytest.raises(FileNotFoundError, match="no retrieval-"):
         list(iter_world_split(tmp_path / "bad", "retrieval"))
+    # Training splits are found the same way, in their own folder.
+    assert world_split_shards(out, "pairs") == [str(out / "train" / f"pairs-00000{i}.tar") for i in range(3)]
 
 
 def test_same_seed_same_bytes(world, tmp_path):

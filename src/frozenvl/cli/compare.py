@@ -90,11 +90,12 @@ def prepare_world(config: ComparisonConfig) -> Path:
 
 def embed_pairs(config: ComparisonConfig, world: Path, encoder) -> dict[str, Any]:
     """Embed every training caption once (resumable; a store made with another LLM or prompt set is refused)."""
+    from frozenvl.data.synth import world_split_shards
     from frozenvl.flame.caption_sources import iter_captions
     from frozenvl.flame.store import EmbeddingStore, embed_to_store
 
     store = Path(config.out) / f"store-{config.prompts}"
-    shards = sorted(str(p) for p in (world / "train").glob("pairs-*.tar"))
+    shards = world_split_shards(world, "pairs")
     start = time.perf_counter()
     report = embed_to_store(iter_captions(shards), encoder, store, batch_size=config.embed_batch_size,
                             shard_size=1000, progress=config.progress, total=config.n_pairs)

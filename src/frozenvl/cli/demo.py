@@ -71,7 +71,9 @@ def stage_world(out: Path, plan: DemoPlan) -> Path:
 
 def _pair_shards(world: Path) -> list[str]:
     """The world's pair shards in order; the first is held out of the demo's Flamingo training."""
-    return sorted(str(p) for p in (world / "train").glob("pairs-*.tar"))
+    from frozenvl.data.synth import world_split_shards
+
+    return world_split_shards(world, "pairs")
 
 
 def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str, Any]:

@@ -435,6 +435,11 @@ class World:
 
 # ------------------------------------------------------------------------------------------ writing the world
 
+def split_folder(split: str) -> str:
+    """The folder of a world that holds a split's shards: ``train`` or ``eval``."""
+    return "train" if split in TRAIN_SPLITS else "eval"
+
+
 def split_size(config: WorldConfig, split: str) -> int:
     if split == "icl_words":
         return config.n_episodes * (config.n_way * config.k_shot + config.n_query)
@@ -472,10 +477,9 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
     pool = mp.get_context("fork").Pool(config.workers) if config.workers > 1 else None
     try:
         for split in config.splits:
-            sub = "train" if split in TRAIN_SPLITS else "eval"
             n = split_size(config, split)
             t = time.perf_counter()
-            with ShardWriter(out / sub, split, max_samples=config.shard_size) as w:
+            with ShardWriter(out / split_folder(split), split, max_samples=config.shard_size) as w:
                 for s in tqdm(_samples(config, split, pool), total=n, desc=f"synth {split}", disable=not progress,
                               leave=False):
                     w.write(s)
@@ -507,10 +511,10 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
 # ------------------------------------------------------------------------------------------ reading the world
 
 def world_split_shards(path: str | Path, split: str) -> list[str]:
-    """The shards of one evaluation split: from a world folder (``<world>/eval/<split>-*.tar``), its ``eval``
-    folder, or a shard spec (see :func:`~frozenvl.data.shards.expand_shards`)."""
+    """The shards of one split, in order: from a world folder (``<world>/{train,eval}/<split>-*.tar``), the folder
+    that holds the split, or a shard spec (see :func:`~frozenvl.data.shards.expand_shards`)."""
     root = Path(path)
-    for folder in (root / "eval", root):
+    for folder in (root / split_folder(split), root):
         if folder.is_dir():
             shards = sorted(str(p) for p in folder.glob(f"{split}-*.tar"))
             if shards:
@@ -525,7 +529,7 @@ def world_split_shards(path: str | Path, split: str) -> list[str]:
 
 
 def iter_world_split(path: str | Path, split: str, skips: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples (:func:`~frozenvl.data.formats.decode_sample`) of one evaluation split, in shard order.
+    """Decoded samples (:func:`~frozenvl.data.formats.decode_sample`) of one split, in shard order.
     Bad samples are skipped and counted in ``skips``, never raised."""
     skips = skips if skips is not None else SkipCounter()
     for shard in world_split_shards(path, split):
