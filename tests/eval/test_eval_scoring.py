@@ -54,6 +54,22 @@ def test_prefix_is_reusable(scorer):
     assert first == again
 
 
+def test_scoring_and_generation_leave_the_prefix_cache_as_it_was(scorer):
+    """No copy protects the prefix: selecting rows from a cache leaves it as it was, and only the selections grow."""
+    import torch
+
+    imgs = images(4, seed=2)
+    prefix = scorer.encode_prefix(CONTEXT, imgs[:2])
+    before = [(layer.keys, layer.values, layer.keys.clone(), layer.values.clone())
+              for layer in prefix.cache.past_key_values.layers]
+    scorer.score_candidates(prefix, "<image>Output:", [imgs[2]], CANDIDATES)
+    scorer.generate_ids(prefix, ["<image>Output:", "<image>Question:what?"], [[imgs[2]], [imgs[3]]],
+                        max_new_tokens=4, num_beams=2)
+    for layer, (k, v, k0, v0) in zip(prefix.cache.past_key_values.layers, before, strict=True):
+        assert layer.keys is k and layer.values is v
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
 def test_length_normalisation(scorer):
     imgs = images(3, seed=4)
     prefix = scorer.encode_prefix(CONTEXT, imgs[:2])
