@@ -19,6 +19,7 @@ def test_yaml_and_overrides(tmp_path, world):
     assert cfg.data.datasets[0].batch_size == 3
     assert cfg.model.flamingo.cross_attn_every == 1
     assert cfg.model.flamingo.num_latents == 4  # untouched siblings stay
+    assert (cfg.model.flamingo.lm, cfg.model.flamingo.vision) == ("tiny:llama", "tiny")  # the run's sources
     assert cfg.train.precision == "bf16" and cfg.optim.grad_clip is None
     assert cfg.data.mixing == "round_robin"
 

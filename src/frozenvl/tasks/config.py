@@ -3,7 +3,7 @@ frozen. ``kind`` picks the task (``flamingo``, ``flame``, ``clip_baseline``); ea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from frozenvl.config import Config, ConfigError
 from frozenvl.config import check_choice as _choice
@@ -20,7 +20,6 @@ class ModelConfig(Config):
 
     kind: str = "flamingo"
     # Sources: see frozenvl.flamingo.build; "tiny:llama" / "tiny" build frozenvl.testing's random tiny models.
-    # The task records them in the saved FlamingoConfig (its own lm / vision fields are not read).
     lm: str = "embedded:smollm2-135m"
     vision: str = "embedded:efficientnet-lite0"
     lm_init: str = "pretrained"  # "pretrained" | "random" (ablation: a randomly initialised LM)
@@ -35,6 +34,12 @@ class ModelConfig(Config):
     init_from: str | None = None
     flame: FlameTaskOptions = field(default_factory=FlameTaskOptions)  # kind "flame"
     clip_baseline: ClipBaselineTaskOptions = field(default_factory=ClipBaselineTaskOptions)  # kind "clip_baseline"
+
+    def __post_init__(self) -> None:
+        # The run's backbones are `lm` / `vision`: the Flamingo section records them, as the saved FlamingoConfig
+        # does, so a printed config does not show other sources there.
+        self.flamingo = replace(self.flamingo, lm=self.lm, vision=self.vision)
+        super().__post_init__()
 
     def validate(self, where: str) -> None:
         _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
