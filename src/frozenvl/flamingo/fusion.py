@@ -4,7 +4,7 @@ Conditioning travels with the call, not on the layers. For each LM call :meth:`F
 :class:`VisualContext` (the media mask of the tokens being processed, the cross-attention keys/values already
 known, the visual tokens whose keys/values are still to be projected) and opens a :func:`conditioning` scope
 (a context variable) around the LM call; every fused layer reads it there. A fused layer that projects keys/values
-reports them in the context's ``new_keys_values``, which the forward reads after the call and returns in its
+reports them in the context's ``projected``, which the forward reads after the call and returns in its
 cache. They are projected inside the fused layer's own forward because that is where its weights are whole (an
 FSDP unit gathers them there). When the scope closes nothing is left behind: the context belongs to that one
 call, and a layer called outside a Flamingo call behaves exactly like the frozen LM's layer. This works for any
@@ -29,25 +29,25 @@ from frozenvl.flamingo.media_mask import MediaMask
 @dataclass(frozen=True)
 class VisualContext:
     """One LM call's conditioning: created by :meth:`Flamingo.forward`, read by the fused layers during the call,
-    then read back by the forward (``new_keys_values``) and dropped."""
+    then read back by the forward (``projected``) and dropped."""
 
     mask: MediaMask | None  # for the tokens of the current LM call; None without images
-    # Per fused layer, the keys/values of the images seen so far (a cached prefix): used as they are when the call
-    # brings no new image.
-    keys_values: Mapping[int, KeysValues] = field(default_factory=dict)
+    # Per fused layer, the keys/values of the images of earlier calls (a cached prefix): used as they are when this
+    # call brings no new image.
+    past_keys_values: Mapping[int, KeysValues] = field(default_factory=dict)
     # All visual tokens (B, T_img, n, Dv) when the call brings new images: each fused layer projects the images
-    # after those of ``keys_values`` and appends them.
+    # after those of ``past_keys_values`` and appends them.
     media: torch.Tensor | None = None
     # Written during the call: each fused layer's keys/values over all of ``media``.
-    new_keys_values: dict[int, KeysValues] = field(default_factory=dict)
+    projected: dict[int, KeysValues] = field(default_factory=dict)
 
-    def keys_values_of(self, layer: FusedDecoderLayer) -> KeysValues | None:
+    def keys_values_for(self, layer: FusedDecoderLayer) -> KeysValues | None:
         """``layer``'s keys/values for this call (projected now if the call brings images); None without images."""
-        past = self.keys_values.get(layer.index)
+        past = self.past_keys_values.get(layer.index)
         if self.media is None:
             return past
         kv = layer.keys_values(self.media, past)
-        self.new_keys_values[layer.index] = kv
+        self.projected[layer.index] = kv
         return kv
 
 
@@ -95,7 +95,7 @@ class FusedDecoderLayer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         context = _ACTIVE.get()
         if context is not None:
-            hidden_states = self.xattn(hidden_states, context.keys_values_of(self), context.mask)
+            hidden_states = self.xattn(hidden_states, context.keys_values_for(self), context.mask)
         return self.layer(hidden_states, *args, **kwargs)
 
 

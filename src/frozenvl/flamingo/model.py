@@ -167,10 +167,11 @@ class Flamingo(PretrainedModel, nn.Module):
         # Always a context, also without any image: the dense FFW of each block acts on every token, so a token's
         # output never depends on whether an image comes later in the sequence (or in a continuation). With new
         # images, each fused layer appends their keys/values to the cached ones and reports them in the context.
-        context = VisualContext(mask=mask, keys_values=past_kv, media=media_all if new_media is not None else None)
+        context = VisualContext(mask=mask, past_keys_values=past_kv,
+                                media=media_all if new_media is not None else None)
         with conditioning(context):
             out = self.lm(**lm_kwargs)
-        xattn_kv = context.new_keys_values if new_media is not None else past_kv
+        xattn_kv = context.projected if new_media is not None else past_kv
         logits = out.logits
 
         loss = None
