@@ -92,3 +92,21 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
     state["perceiver.something_else"] = torch.zeros(1)
     with pytest.raises(KeyError, match=r"missing 1: resampler.latents.*unexpected 1: perceiver.something_else"):
         load_openflamingo(state, lm=lm, vision=visual, tokenizer=tiny_tokenizer(), cross_attn_every=2)
+
+
+def test_a_converted_model_survives_save_pretrained(tmp_path):
+    # OpenFlamingo trained the LM's whole embedding matrix: the saved folder carries its base rows too, so the
+    # model reloaded around a fresh LM from the source gives the converted model's logits.
+    from frozenvl.flamingo import Flamingo
+
+    lm, visual = tiny_lm("llama", seed=5), _tiny_open_clip_visual()
+    of_model = _openflamingo_model(copy.deepcopy(lm), tiny_tokenizer(), copy.deepcopy(visual), 2)
+    model, processor = load_openflamingo(_trainable_checkpoint(of_model), lm=lm, vision=visual,
+                                         tokenizer=tiny_tokenizer(), cross_attn_every=2)
+    assert model.config.save_lm_embeddings
+    model.eval().save_pretrained(tmp_path / "saved")
+    loaded = Flamingo.from_pretrained(tmp_path / "saved", lm=tiny_lm("llama", seed=5), tokenizer=tiny_tokenizer(),
+                                      vision=_tiny_open_clip_visual()).eval()
+    batch = processor(["<image>a red cube<|endofchunk|><image>two blue"], [images(2, seed=1)])
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)

@@ -32,6 +32,9 @@ class FlamingoConfig(Config):
     # Processor.
     max_images: int = 32  # per sequence
     max_length: int = 2048  # tokens per sequence
+    # Saving: the LM's base embedding rows (and an untied output head's) were trained outside frozenvl (an
+    # OpenFlamingo conversion): save_pretrained saves them with the trainable tensors, as the LM's source lacks them.
+    save_lm_embeddings: bool = False
 
     def validate(self, where: str) -> None:
         check_choice(f"{where}.placement", self.placement, ("first", "openflamingo"))

@@ -212,7 +212,10 @@ class Flamingo(PretrainedModel, nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
-        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        self._load_named({n: p for n, p in self.named_parameters() if p.requires_grad}, tensors, strict)
+
+    @staticmethod
+    def _load_named(own: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
         if strict and (missing or unexpected):
@@ -227,13 +230,22 @@ class Flamingo(PretrainedModel, nn.Module):
                                          f"{tuple(own[name].shape)}")
                     own[name].copy_(tensor)
 
-    # The save/load contract (frozenvl.pretrained): only the trainable tensors are saved; the backbones are
-    # referenced by source in the config.
+    # The save/load contract (frozenvl.pretrained): the trainable tensors are saved, the backbones are referenced
+    # by source in the config. With ``config.save_lm_embeddings`` the LM's base embedding rows are saved too.
+    def _saved_frozen(self) -> dict[str, nn.Parameter]:
+        """The frozen LM tensors ``config.save_lm_embeddings`` saves: the base rows of the input embedding and of
+        an untied output head (trained outside frozenvl, e.g. by OpenFlamingo, so the LM's source lacks them)."""
+        if not self.config.save_lm_embeddings:
+            return {}
+        wanted = {id(self.lm.get_input_embeddings().base.weight), id(self.lm.get_output_embeddings().base.weight)}
+        return {n: p for n, p in self.named_parameters() if id(p) in wanted and not p.requires_grad}
+
     def saved_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.trainable_state_dict()
+        return {**self.trainable_state_dict(), **{n: p.detach() for n, p in self._saved_frozen().items()}}
 
     def load_saved_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.load_trainable(tensors)
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        self._load_named({**own, **self._saved_frozen()}, tensors)
 
     @classmethod
     def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, **overrides) -> Flamingo:

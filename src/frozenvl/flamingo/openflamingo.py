@@ -138,7 +138,9 @@ def load_openflamingo(checkpoint: str | Path | dict, lm, vision, tokenizer=None,
     if "model_state_dict" in state:  # training checkpoints wrap the weights
         state = state["model_state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    config = openflamingo_config(cross_attn_every, **config_overrides)
+    # OpenFlamingo trained the LM's whole embedding matrix: a saved conversion must carry its base rows.
+    trained_embedding = any(k.startswith("lang_encoder.") and k.endswith(_EMBED + _HEAD) for k in state)
+    config = openflamingo_config(cross_attn_every, **{"save_lm_embeddings": trained_embedding, **config_overrides})
     model, processor = build(lm=lm, vision=vision, tokenizer=tokenizer, config=config)
     mapped = map_openflamingo_state_dict(model, state)
     params = dict(model.named_parameters())

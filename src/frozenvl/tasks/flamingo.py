@@ -91,7 +91,7 @@ class FlamingoTask(ModelTask):
 
         try:
             _, tensors = read_pretrained(folder, self.model.model_type, self.model.config_class)
-            self.model.load_trainable(tensors)
+            self.model.load_saved_state_dict(tensors)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"model.init_from: {e}") from None
         except (KeyError, ValueError) as e:

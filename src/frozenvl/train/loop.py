@@ -107,6 +107,8 @@ class Trainer:
         self.model = self.task.model.to(self.dist.device)
         # What a checkpoint holds of the model: its saved tensors (the save/load contract, frozenvl.pretrained).
         self.saved_names = list(self.model.saved_state_dict())
+        saved = set(self.saved_names)
+        self.saves_frozen = any(n in saved and not p.requires_grad for n, p in self.model.named_parameters())
         units = self.task.shard_units() if hasattr(self.task, "shard_units") else []
         self.wrapped = D.wrap(self.model, self.dist, t.distributed, units)
         # After wrapping: FSDP2 replaces the parameters by sharded DTensors, the optimizer must hold those.
@@ -143,8 +145,10 @@ class Trainer:
         if self._fsdp():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                           ignore_frozen_params=True))
+            # Frozen parameters are gathered only if the model saves some (Flamingo's save_lm_embeddings).
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                       ignore_frozen_params=not self.saves_frozen)
+            sd = get_model_state_dict(self.model, options=options)
             # Gathered on rank 0 only (the writer); other ranks get an empty dict.
             return {n: sd[n] for n in self.saved_names} if self.dist.is_main else {}
         return {n: t.detach().cpu() for n, t in self.model.saved_state_dict().items()}
