@@ -35,8 +35,9 @@ def test_init_reproduces_frozen_lm(family):
 @pytest.mark.parametrize("family", TINY_LM_FAMILIES)
 def test_decoder_layers_found_generically(family):
     lm = tiny_lm(family)
-    _, layers = find_decoder_layers(lm)
+    path, layers = find_decoder_layers(lm)
     assert len(layers) == lm.config.num_hidden_layers
+    assert lm.get_submodule(path) is layers  # the path finds the list again (Flamingo.decoder_layers)
 
 
 def _positions(ids, token_id):
