@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="frozenvl train",
         description="Train a Flamingo (frozen LM + frozen vision encoder) on a mixture of webdataset shards, on "
-                    "one process or under torchrun (DDP or FSDP2). Writes metrics.jsonl, checkpoints (trainable "
-                    "weights only, atomic, last K kept) and the resolved config.yaml into train.run_dir.",
+                    "one process or under torchrun (DDP or FSDP2). Writes metrics.jsonl, checkpoints (each a "
+                    "from_pretrained folder of the model - a Flamingo's trainable weights only - with the trainer's "
+                    "state beside it; atomic, last K kept) and the resolved config.yaml into train.run_dir.",
         epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (default: the built-in defaults, which need data.datasets)")
     p.add_argument("--resume", action="store_true",
