@@ -1,8 +1,8 @@
 """Decoupled embeddings: the LM's vocabulary stays frozen, only the rows of newly added tokens train.
 
 Flamingo adds ``<image>`` and ``<|endofchunk|>`` to a frozen LM. Training the whole embedding matrix would unfreeze
-the LM; leaving random rows frozen costs accuracy (DESIGN.md section 1). So each new token gets its own trainable
-input row and its own trainable output row, while the base matrices stay frozen and shared (tied or not).
+the LM; leaving the new tokens' random rows frozen costs accuracy. So each new token gets its own trainable input
+row and its own trainable output row, while the base matrices stay frozen and shared (tied or not).
 
 New token ids may lie past the base vocabulary (GPT-2, Llama) or inside unused rows of a padded embedding matrix
 (Qwen2 pads to a multiple of 64): both are handled by an explicit id -> slot table, never by ``id >= vocab``.

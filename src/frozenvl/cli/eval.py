@@ -23,7 +23,7 @@ from frozenvl.eval.tasks import TASKS, TaskSpec, get_task
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frozenvl eval", description="Few-shot evaluation.")
     sub = parser.add_subparsers(dest="system", metavar="SYSTEM", required=True)
-    p = sub.add_parser("flamingo", help="few-shot evaluation of a Flamingo (DESIGN section 3 protocol)",
+    p = sub.add_parser("flamingo", help="few-shot evaluation of a Flamingo (the protocol of docs/evaluation.md)",
                        description="Few-shot evaluation of a Flamingo: beam search with 3 beams, 20 new tokens "
                                    "for captions and 5 for short answers, candidates ranked by length-normalised "
                                    "log-likelihood; 0 shots = two text-only demonstrations.")
