@@ -1,15 +1,12 @@
 """The FLAME-vs-CLIP comparison end to end at a toy scale (tiny random LM): world, store, both trainings, scores."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from frozenvl.cli.compare import ComparisonConfig, format_table, run_comparison, run_config
 from frozenvl.testing import tiny_lm, tiny_tokenizer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -52,15 +49,16 @@ def test_comparison_runs_end_to_end(toy, capsys):
     assert again["embedding"]["embedded_now"] == 0 and again["embedding"]["captions"] == 32
 
 
-def test_script_prints_the_table(toy, monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import flame_vs_clip
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    monkeypatch.setattr(flame_vs_clip, "ComparisonConfig",
-                        lambda **kw: ComparisonConfig(**{**vars(toy), **{k: v for k, v in kw.items()
-                                                                          if k in ("out", "lm", "steps")}}))
-    assert flame_vs_clip.main(["--out", toy.out, "--lm", toy.lm, "--steps", "2"]) == 0
+def test_command_prints_the_table(toy, tmp_path, capsys):
+    """`frozenvl compare --config FILE key=value`: the config engine reads the file and the overrides."""
+    import yaml
+
+    from frozenvl.cli import main
+
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(toy.to_dict()))
+    assert main(["compare", "--config", str(path), "steps=2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("headline: 32 pairs, 2 steps") and "FLAME" in lines[-1] and "CLIP" in lines[-1]
+    assert main(["compare", "--config", str(path), "stepz=2"]) == 2
+    assert "unknown key stepz" in capsys.readouterr().err

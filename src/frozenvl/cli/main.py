@@ -43,6 +43,7 @@ DELEGATED = {
         ("eval", "frozenvl.cli.eval", "few-shot evaluation of a Flamingo (captioning, VQA, classification, video)"),
         ("data", "frozenvl.cli.data", "write the synthetic world, convert datasets to shards"),
         ("flame", "frozenvl.cli.flame", "FLAME: offline facet embeddings and evaluation"),
+        ("compare", "frozenvl.cli.compare", "FLAME vs its CLIP baseline on the synthetic world, equal data and steps"),
     ]
 }
 
