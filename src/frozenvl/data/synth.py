@@ -40,6 +40,7 @@ from frozenvl.data.formats import (
 )
 from frozenvl.data.shards import ShardWriter, expand_shards, read_shard
 from frozenvl.data.skips import BadSample, SkipCounter
+from frozenvl.files import write_text_atomic
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 225),
@@ -502,9 +503,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
                       "episodes": config.n_episodes,
                       "fields": ["episode", "role", "attribute", "concept", "label", "choices"]},
     }
-    tmp = out / "world.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(out / "world.json")
+    write_text_atomic(out / "world.json", json.dumps(meta, indent=1))
     return meta
 
 

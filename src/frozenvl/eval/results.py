@@ -3,34 +3,19 @@ trial, mean and standard deviation over trials) and a PNG plot of a metric again
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from frozenvl.files import atomic_path, write_text_atomic
+
 FORMAT_VERSION = 1
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary file beside ``final``, renamed onto it on success (kept here so that importing the metrics
-    does not import torch through ``frozenvl.backbones``)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(handle)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _clean(value: Any) -> Any:
@@ -109,8 +94,7 @@ class EvalResults:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (a kill leaves the previous file or the new one, never half of one)."""
         path = Path(path)
-        with _atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
         return path
 
     @classmethod
@@ -159,6 +143,6 @@ def plot_metric_vs_shots(results: EvalResults | Sequence[EvalResults], path: str
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

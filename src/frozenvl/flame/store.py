@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frozenvl.files import atomic_path
+from frozenvl.files import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,7 @@ class StoreMismatchError(ValueError):
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def _read_json(path: Path):
