@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from frozenvl.config import Config
+from frozenvl.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 MODELS = ("flame", "clip_baseline")
@@ -193,7 +194,7 @@ def run_comparison(config: ComparisonConfig) -> dict[str, Any]:
     results["chance"] = {"zero_shot_top1": 100 / n_classes, "retrieval_R@1": 100 / len(evals["retrieval"].images)}
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["headline"] = headline(results)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return results
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from frozenvl.files import write_text_atomic
+
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -129,7 +131,7 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME
-    config_path.write_text(yaml.safe_dump(flamingo_run_config(world, run_dir, plan), sort_keys=False))
+    write_text_atomic(config_path, yaml.safe_dump(flamingo_run_config(world, run_dir, plan), sort_keys=False))
     resume = (run_dir / CHECKPOINTS_DIR).exists()
     _say(f"[2/5] Flamingo: training {plan.flamingo_steps} steps on pairs + interleaved + video "
          f"({'resuming' if resume else 'from scratch'}; config {config_path}) ...")
@@ -180,7 +182,7 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
     samples = [s for _, s in zip(range(n), ShardDataset(held_out, LoaderConfig(shuffle_shards=False)))]
     result = image_reliance(model, FlamingoCollator(processor)(samples)).as_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     _say(f"[3/5] image reliance: held-out pair loss {result['right']:.3f} with the right images, "
          f"{result['shuffled']:.3f} with wrong ones")
     return result
@@ -298,8 +300,8 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
     lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
     report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps({
+    write_text_atomic(report, "\n".join(lines))
+    write_text_atomic(out / "results.json", json.dumps({
         "plan": asdict(plan), "checkpoint": str(checkpoint), "held_out_loss": held,
         "fewshot": fewshot, "image_reliance": reliance, "flame": flame, "seconds": timings,
     }, indent=2, default=str) + "\n")

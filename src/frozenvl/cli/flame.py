@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
+from frozenvl.files import write_text_atomic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = json.dumps(result, indent=1)
     if getattr(args, "out", None) and args.command == "eval":
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(args.out, text + "\n")
     print(text)
     return 0
 

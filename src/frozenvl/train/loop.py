@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from frozenvl.files import write_text_atomic
 from frozenvl.tasks import build_task
 from frozenvl.train import checkpoint as ckpt
 from frozenvl.train import distributed as D
@@ -64,7 +65,7 @@ class MetricsWriter:
             # Lines written after the checkpoint we resume from will be written again: drop them.
             kept = [ln for ln in self.path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         if tensorboard:
@@ -135,7 +136,7 @@ class Trainer:
                                      self.step if self.resumed_from else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_CONFIG_NAME).write_text(dump_config(config))
+            write_text_atomic(self.run_dir / RUN_CONFIG_NAME, dump_config(config))
 
     # ------------------------------------------------------------------------------------------ state
     def _fsdp(self) -> bool:
