@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
 from frozenvl.backbones.vision import VisionEncoder, build_vision
@@ -33,10 +34,15 @@ from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
-class FlamingoOutput:
-    logits: torch.Tensor  # (B, L, V) (or the last logits_to_keep positions)
-    loss: torch.Tensor | None = None
-    cache: FlamingoCache | None = None
+class FlamingoOutput(ModelOutput):
+    """What :meth:`Flamingo.forward` returns, a transformers ``ModelOutput``: read as attributes (``out.logits``),
+    keys (``out["logits"]``) or a tuple of the fields that are set, in this order (``out[0]``, ``out.to_tuple()``;
+    ``out[0]`` is the loss when labels were given, as in transformers)."""
+
+    loss: torch.Tensor | None = None  # () mean over the kept targets, when labels were given
+    logits: torch.Tensor | None = None  # (B, L, V) (or the last logits_to_keep positions)
+    cache: FlamingoCache | None = None  # with use_cache=True: pass it back to continue the sequence
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # with output_hidden_states: the LM's, each (B, L, D)
 
 
 class Flamingo(PretrainedModel, nn.Module):
@@ -117,8 +123,10 @@ class Flamingo(PretrainedModel, nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         media: torch.Tensor | None = None,  # precomputed visual tokens instead of pixel_values
+        output_hidden_states: bool = False,  # the LM's hidden states (embeddings, then each layer), as transformers
+        return_dict: bool = True,  # False: the tuple of the output's fields that are set
         **extra: object,
-    ) -> FlamingoOutput:
+    ) -> FlamingoOutput | tuple:
         check_extra_arguments("Flamingo.forward", extra)
         B, L = input_ids.shape
         device = input_ids.device
@@ -149,6 +157,8 @@ class Flamingo(PretrainedModel, nn.Module):
         full_mask = attention_mask if cache is None else torch.cat([cache.attention_mask, attention_mask], dim=1)
         lm_kwargs = dict(input_ids=input_ids, attention_mask=full_mask, use_cache=use_cache,
                          logits_to_keep=logits_to_keep)
+        if output_hidden_states:
+            lm_kwargs["output_hidden_states"] = True
         if cache is not None:
             lm_kwargs["past_key_values"] = cache.past_key_values
         if self._lm_takes_position_ids:
@@ -191,7 +201,9 @@ class Flamingo(PretrainedModel, nn.Module):
                 last_doc=document_ids[:, -1],
                 xattn_kv=xattn_kv,
             )
-        return FlamingoOutput(logits=logits, loss=loss, cache=new_cache)
+        output = FlamingoOutput(loss=loss, logits=logits, cache=new_cache,
+                                hidden_states=out.hidden_states if output_hidden_states else None)
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
