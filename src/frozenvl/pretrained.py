@@ -12,12 +12,18 @@ A saved model is a folder with two files (names in :mod:`frozenvl.constants`):
 ``save_pretrained`` writes the folder under a temporary name and renames it in one step: a kill leaves the old
 folder or the new one. A training checkpoint (``frozenvl.train.checkpoint``) is such a folder with the trainer's
 files beside, so ``Model.from_pretrained(checkpoint)`` reads it.
+
+The Hugging Face Hub holds the same two files: ``Model.from_pretrained("org/name", revision=...)`` downloads them
+into the Hugging Face cache with ``huggingface_hub`` (only the cache with ``HF_HUB_OFFLINE=1``), and
+``model.push_to_hub("org/name")`` uploads them with a generated model card (``README.md``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -75,9 +81,89 @@ def read_pretrained(folder: str | os.PathLike, model_type: str,
         raise ConfigError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
 
 
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a valid Hugging Face Hub repo id (``org/name`` or ``name``), by huggingface_hub's rules."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_folder(name_or_folder: str | os.PathLike, *, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> Path:
+    """The local folder of a saved model.
+
+    A path that exists, a ``PathLike``, or a string that is not a valid repo id is taken as the folder (so a
+    missing one is reported by :func:`read_folder`, naming it). Any other string is a Hub repo id: its
+    ``config.json`` and ``model.safetensors`` (nothing else) at ``revision`` are downloaded into the Hugging Face
+    cache (``cache_dir``, else ``HF_HUB_CACHE``) and the snapshot folder is returned. With ``HF_HUB_OFFLINE=1``
+    only the cache is read, and a repo or revision that is not there is an error saying so.
+    """
+    if not isinstance(name_or_folder, str) or os.path.exists(name_or_folder) or not is_repo_id(name_or_folder):
+        return Path(name_or_folder)
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # Read the flag here rather than leave it to snapshot_download: offline, it must not even try the Hub.
+    offline = huggingface_hub.is_offline_mode()
+    try:
+        return Path(huggingface_hub.snapshot_download(
+            name_or_folder, revision=revision, cache_dir=cache_dir, token=token, local_files_only=offline,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], library_name="frozenvl"))
+    except LocalEntryNotFoundError:
+        if not offline:
+            raise  # the Hub could not be reached and the cache lacks it: huggingface_hub's message says so
+        cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
+        raise FileNotFoundError(
+            f"{name_or_folder} is not a folder, and the Hub repo {name_or_folder} (revision {revision or 'main'}) "
+            f"is not in the Hugging Face cache {cache} while HF_HUB_OFFLINE is set: download it once online "
+            "(or unset HF_HUB_OFFLINE)") from None
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"{name_or_folder} is neither a folder nor a model repo on the Hub that this "
+                                f"token can read: {e}") from e
+
+
+# The config fields in which a model around frozen backbones references them by source (a Flamingo's LM and
+# vision encoder): the model card names them, as from_pretrained loads them from there.
+CARD_SOURCES = {"lm": "language model", "vision": "vision encoder"}
+
+
+def model_card(model: PretrainedModel, repo_id: str) -> Any:
+    """The ``huggingface_hub.ModelCard`` that :meth:`PretrainedModel.push_to_hub` uploads as ``README.md``: the
+    metadata (``library_name: frozenvl``, the model type as a tag), what the model is, the frozen backbones it
+    loads by source, how to load it, and its config. Nothing is said of training: a model's config does not
+    record how it was trained."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    cls = type(model)
+    config = to_dict(model.config)
+    # Import the class from its package when the package exports it (frozenvl.flamingo.Flamingo).
+    package = cls.__module__.rpartition(".")[0]
+    module = package if getattr(sys.modules.get(package), cls.__name__, None) is cls else cls.__module__
+    sources = {label: config[key] for key, label in CARD_SOURCES.items() if isinstance(config.get(key), str)}
+    lines = [f"# {repo_id}", "", f"A frozenvl `{cls.__name__}` (model type `{model.model_type}`)."]
+    if sources:
+        lines += ["", "Its frozen backbones are not in these weights: `from_pretrained` loads them from their "
+                  "sources.", ""]
+        lines += [f"- Frozen {label}: `{source}`" for label, source in sources.items()]
+        if any(source.startswith("<instance:") for source in sources.values()):
+            lines += ["", "A source written `<instance:...>` was a model instance when this model was built: pass "
+                      "the same backbone to `from_pretrained` (`lm=`, `tokenizer=`, `vision=`)."]
+    lines += ["", "## Usage", "", "```python", f"from {module} import {cls.__name__}", "",
+              f'model = {cls.__name__}.from_pretrained("{repo_id}")', "```", "",
+              "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    data = ModelCardData(library_name="frozenvl", tags=["frozenvl", model.model_type])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
 class PretrainedModel:
-    """Mixin of every frozenvl model (an ``nn.Module`` with a ``config``): ``model.save_pretrained(folder)`` and
-    ``Model.from_pretrained(folder, **kwargs)``.
+    """Mixin of every frozenvl model (an ``nn.Module`` with a ``config``): ``model.save_pretrained(folder)``,
+    ``Model.from_pretrained(folder_or_repo_id, **kwargs)`` and ``model.push_to_hub(repo_id)``.
 
     A subclass sets ``model_type`` and ``config_class``; it overrides :meth:`saved_state_dict` /
     :meth:`load_saved_state_dict` when it saves less than its whole state, and :meth:`from_config` when building
@@ -114,9 +200,38 @@ class PretrainedModel:
             write_pretrained(tmp, self.model_type, self.config, self.saved_state_dict())
 
     @classmethod
-    def from_pretrained(cls: type[M], folder: str | os.PathLike, **kwargs: Any) -> M:
-        """The model saved in ``folder`` (by :meth:`save_pretrained` or as a training checkpoint)."""
+    def from_pretrained(cls: type[M], name_or_folder: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                        **kwargs: Any) -> M:
+        """The model saved in a folder (by :meth:`save_pretrained` or as a training checkpoint) or in a Hub repo
+        (``"org/name"``, pushed by :meth:`push_to_hub`).
+
+        ``revision`` (a branch, tag or commit), ``cache_dir`` (the Hugging Face cache, else ``HF_HUB_CACHE``) and
+        ``token`` apply to a Hub repo only (see :func:`resolve_folder`; ``HF_HUB_OFFLINE=1`` reads the cache
+        only). Other keyword arguments go to :meth:`from_config`.
+        """
+        folder = resolve_folder(name_or_folder, revision=revision, cache_dir=cache_dir, token=token)
         config, tensors = read_pretrained(folder, cls.model_type, cls.config_class)
         model = cls.from_config(config, **kwargs)
         model.load_saved_state_dict(tensors)
         return model
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
+                    commit_message: str | None = None, revision: str | None = None) -> Any:
+        """Upload the model to the Hub repo ``repo_id``, created if missing (``private``: its visibility then):
+        the two files of :meth:`save_pretrained` and a generated model card, ``README.md`` (see
+        :func:`model_card`). ``revision``: the branch to commit to, created if missing. Returns the commit's
+        ``huggingface_hub.CommitInfo``. ``Class.from_pretrained(repo_id)`` loads it back."""
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory(prefix="frozenvl-push-") as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder)
+            # Written before the repo is created: a model whose card cannot be made leaves no empty repo behind.
+            model_card(self, repo_id).save(str(folder / "README.md"))
+            api = HfApi(token=token, library_name="frozenvl")
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # "name" -> "user/name"
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                     commit_message=commit_message or f"Upload {type(self).__name__}")
