@@ -17,7 +17,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from huggingface_hub import ModelCard, RepoUrl
-from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.flamingo import Flamingo
@@ -177,6 +177,14 @@ def test_online_the_hub_is_asked_for_the_two_files_at_the_revision(tmp_path, mon
     monkeypatch.setattr(huggingface_hub, "snapshot_download", not_found)
     with pytest.raises(FileNotFoundError, match="org/missing is neither a folder nor a model repo on the Hub"):
         Flamingo.from_pretrained("org/missing", **backbones())
+
+    def unreachable(repo_id, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"org/name is not a folder, and the Hub repo org/name \(revision "
+                                                r"main\) is not in the Hugging Face cache .*could not be reached"):
+        Flamingo.from_pretrained("org/name", **backbones())
 
 
 class StandInHub:

@@ -115,14 +115,13 @@ def resolve_folder(name_or_folder: str | os.PathLike, *, revision: str | None = 
         return Path(huggingface_hub.snapshot_download(
             name_or_folder, revision=revision, cache_dir=cache_dir, token=token, local_files_only=offline,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], library_name="frozenvl"))
-    except LocalEntryNotFoundError:
-        if not offline:
-            raise  # the Hub could not be reached and the cache lacks it: huggingface_hub's message says so
-        cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
-        raise FileNotFoundError(
-            f"{name_or_folder} is not a folder, and the Hub repo {name_or_folder} (revision {revision or 'main'}) "
-            f"is not in the Hugging Face cache {cache} while HF_HUB_OFFLINE is set: download it once online "
-            "(or unset HF_HUB_OFFLINE)") from None
+    except LocalEntryNotFoundError as e:
+        what = (f"{name_or_folder} is not a folder, and the Hub repo {name_or_folder} (revision {revision or 'main'}) "
+                f"is not in the Hugging Face cache {cache_dir if cache_dir is not None else constants.HF_HUB_CACHE}")
+        if offline:
+            raise FileNotFoundError(f"{what} while HF_HUB_OFFLINE is set: download it once online (or unset "
+                                    "HF_HUB_OFFLINE)") from None
+        raise FileNotFoundError(f"{what}, and the Hub could not be reached: {e}") from e
     except RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{name_or_folder} is neither a folder nor a model repo on the Hub that this "
                                 f"token can read: {e}") from e
