@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frozenvl.config import Config, ConfigError, check_choice
+from frozenvl.config import Config, ConfigError, check_choice, check_positive
 
 
 @dataclass
@@ -35,6 +35,14 @@ class FlamingoConfig(Config):
     # Saving: the LM's base embedding rows (and an untied output head's) were trained outside frozenvl (an
     # OpenFlamingo conversion): save_pretrained saves them with the trainable tensors, as the LM's source lacks them.
     save_lm_embeddings: bool = False
+    # LoRA on the frozen LM (peft): low-rank adapters beside the named linear layers of its decoder layers; they
+    # train and are saved with the other trainable tensors. 0: off. Target modules are matched by name (as peft's
+    # `target_modules`); None: peft's default for the LM's model type (q_proj, v_proj for Llama; c_attn for GPT-2),
+    # recorded in the model's config when it is built.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapter's output is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
 
     def validate(self, where: str) -> None:
         check_choice(f"{where}.placement", self.placement, ("first", "openflamingo"))
@@ -46,3 +54,12 @@ class FlamingoConfig(Config):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{where}.{name} must be a positive integer; got {value!r}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"{where}.lora_rank must be an integer >= 0 (0: no LoRA); got {self.lora_rank!r}")
+        check_positive(f"{where}.lora_alpha", self.lora_alpha)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"{where}.lora_dropout must be in [0, 1); got {self.lora_dropout!r}")
+        targets = self.lora_target_modules
+        if targets is not None and (not targets or not all(isinstance(t, str) and t.strip() for t in targets)):
+            raise ConfigError(f"{where}.lora_target_modules must be a non-empty list of module names (e.g. "
+                              f"[q_proj, v_proj]) or null for peft's default; got {targets!r}")

@@ -1,7 +1,8 @@
 """The Flamingo model: frozen vision encoder -> resampler -> gated cross-attention inside a frozen causal LM.
 
-Trainable: the resampler (and its optional input projection), the cross-attention blocks, and the rows of the
-new tokens in the LM's embedding and output head. Everything else is frozen and referenced by source when saved.
+Trainable: the resampler (and its optional input projection), the cross-attention blocks, the rows of the
+new tokens in the LM's embedding and output head, and LoRA adapters in the LM with ``config.lora_rank``
+(:mod:`frozenvl.flamingo.lora`). Everything else is frozen and referenced by source when saved.
 
 A call may continue an earlier one: pass the :class:`FlamingoCache` it returned (``frozenvl.flamingo.cache``
 says how long a cache lives). The cache carries the LM's KV cache, the visual tokens, the cross-attention
@@ -26,6 +27,7 @@ from frozenvl.flamingo.config import FlamingoConfig
 from frozenvl.flamingo.cross_attention import GatedCrossAttentionBlock
 from frozenvl.flamingo.fusion import FusedDecoderLayer, VisualContext, conditioning, fused_layer_indices
 from frozenvl.flamingo.generation import generate
+from frozenvl.flamingo.lora import add_lora
 from frozenvl.flamingo.loss import causal_lm_loss, flamingo_labels
 from frozenvl.flamingo.media_mask import build_media_mask, image_documents, single_image_mask, text_time
 from frozenvl.flamingo.processor import check_extra_arguments
@@ -70,6 +72,9 @@ class Flamingo(PretrainedModel, nn.Module):
                                          config.resampler_dim_head, config.resampler_heads, config.num_latents,
                                          config.max_frames, config.ff_mult)
         self.decoder_layers_path, layers = find_decoder_layers(self.lm)
+        if config.lora_rank > 0:  # before fusing: adapters in the LM's own layers only, never in cross-attention
+            targets = add_lora(self.lm, self.decoder_layers_path, config)
+            self.config = config = replace(config, lora_target_modules=targets)  # saved as resolved
         self.fused_indices = fused_layer_indices(len(layers), config.cross_attn_every, config.placement)
         hidden = lm.hidden_size
         fused = []

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from frozenvl.flamingo import build
+from frozenvl.flamingo.lora import lora_modules
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.config import ModelConfig
 
@@ -109,6 +110,8 @@ class FlamingoTask(ModelTask):
             self.model.lm.eval()
             for i in self.model.fused_indices:
                 self.model.decoder_layers[i].xattn.train()
+            for module in lora_modules(self.model.lm):  # LoRA adapters train (their dropout) in the frozen LM
+                module.train()
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = next(p for p in self.model.parameters()).device

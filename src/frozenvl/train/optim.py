@@ -3,6 +3,9 @@
 Frozen parameters (``requires_grad=False``) are never handed to the optimizer, so they carry no optimizer state.
 No weight decay on: biases and other 1-D parameters (norm scales, tanh gate alphas), the resampler's learned
 latents and temporal embeddings, and the trainable embedding rows of the new tokens (``new_weight``/``new_bias``).
+LoRA adapters of the LM (``lora_A``/``lora_B``, ``model.flamingo.lora_rank``) are a group of their own at the base
+``lr`` (new weights trained from scratch, like the cross-attention; ``lm_lr`` is for fine-tuning the LM's own
+weights) and take weight decay, as transformers' Trainer gives them.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ def decays(name: str, param: torch.Tensor) -> bool:
 
 
 def _component(name: str) -> str:
-    """'vision', 'lm' (frozen-LM weights unfrozen by fine-tuning), 'gate' (the tanh-gate scalars of the
-    cross-attention blocks) or 'adapter' (the other Flamingo parts)."""
+    """'vision', 'lm' (frozen-LM weights unfrozen by fine-tuning), 'lora' (LoRA adapters in the LM), 'gate' (the
+    tanh-gate scalars of the cross-attention blocks) or 'adapter' (the other Flamingo parts)."""
     if name.startswith("vision."):
         return "vision"
+    if ".lora_A." in name or ".lora_B." in name:
+        return "lora"
     if ".xattn." in name and name.endswith("_gate.alpha"):
         return "gate"
     is_adapter = (".xattn." in name or name.startswith(("resampler.", "vision_proj."))
@@ -42,7 +47,7 @@ def _component(name: str) -> str:
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], optim: OptimConfig,
                  model: ModelConfig | None = None) -> list[dict]:
     """AdamW groups: (component x decay) with per-component learning rates. Frozen parameters are left out."""
-    lrs = {"adapter": optim.lr, "lm": optim.lr, "vision": optim.lr,
+    lrs = {"adapter": optim.lr, "lora": optim.lr, "lm": optim.lr, "vision": optim.lr,
            "gate": optim.gate_lr if optim.gate_lr is not None else optim.lr}
     if model is not None:
         lrs["lm"] = model.lm_lr if model.lm_lr is not None else optim.lr
