@@ -1,11 +1,15 @@
-"""Training-step benchmark: frozen LM vs every parameter trainable; 1 process vs 2 processes (gloo, CPU).
+"""Training-step benchmark: frozen LM vs LoRA on the LM vs every parameter trainable; 1 process vs 2 processes
+(gloo, CPU).
 
 Model (``--model``): ``embedded`` (default): the embedded default, SmolLM2-135M + EfficientNet-Lite0 with the
 demo's small resampler; ``tiny``: a small random Llama-family Flamingo (hidden 256, 8 layers, tiny CNN vision).
+Variants: ``frozen_lm`` (the Flamingo parts train), ``lora`` (and LoRA adapters of rank 8 on the LM's q_proj and
+v_proj, ``FlamingoConfig.lora_rank``), ``all_trainable`` (every parameter, the vision encoder included).
 Each variant runs in its own subprocess so that peak RSS (ru_maxrss) is its own. The 1- vs 2-process throughput
 uses the trainer on a tiny synthetic world with a tiny model in both cases.
 
     python benchmarks/train_step.py [--model embedded|tiny]   # prints the figures and a final "headline:" line
+    python benchmarks/train_step.py --variant lora embedded    # one variant's figures, as JSON
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 STEPS, WARMUP, BATCH = 8, 2, 4
+VARIANTS = ("frozen_lm", "lora", "all_trainable")
+LORA_RANK = 8
 
 
 def step_variant(variant: str, model_kind: str = "embedded") -> dict:
@@ -34,14 +40,15 @@ def step_variant(variant: str, model_kind: str = "embedded") -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    lora = {"lora_rank": LORA_RANK} if variant == "lora" else {}
     if model_kind == "embedded":
         model, proc = build(lm="embedded:smollm2-135m", vision="embedded:efficientnet-lite0", cross_attn_every=4,
-                            resampler_depth=2, num_latents=16, resampler_dim=256)
+                            resampler_depth=2, num_latents=16, resampler_dim=256, **lora)
         pictures = lambda i: [torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))] * 2  # noqa: E731
     else:
         lm = tiny_lm("llama", hidden=256, layers=8, heads=8)
         model, proc = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), cross_attn_every=4,
-                            resampler_depth=2, num_latents=16, resampler_dim=128)
+                            resampler_depth=2, num_latents=16, resampler_dim=128, **lora)
         pictures = lambda i: images(2, seed=i)  # noqa: E731
     if variant == "all_trainable":
         for p in model.parameters():
@@ -98,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"model: {args.model}; {STEPS - WARMUP} timed steps of batch {BATCH} after {WARMUP} warm-up steps")
     results = {}
-    for variant in ("frozen_lm", "all_trainable"):
+    for variant in VARIANTS:
         out = subprocess.run([sys.executable, __file__, "--variant", variant, args.model], env=ENV, check=True,
                              capture_output=True, text=True)
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,7 +122,10 @@ def main() -> None:
         two = throughput(2, Path(tmp), world)
     print(f"trainer on the tiny world (global batch 2 slots): 1 process {one:.2f} samples/s, "
           f"2 processes (gloo) {two:.2f} samples/s, ratio {two / one:.2f}x")
-    f, a = results["frozen_lm"], results["all_trainable"]
+    f, a, lo = results["frozen_lm"], results["all_trainable"], results["lora"]
+    print(f"LoRA rank {LORA_RANK} / frozen-LM: trainable {lo['trainable'] / f['trainable']:.2f}x, step time "
+          f"{lo['step_s'] / f['step_s']:.2f}x, optimizer state "
+          f"{lo['optimizer_state_mb'] / max(f['optimizer_state_mb'], 1e-9):.2f}x")
     print(f"all-trainable / frozen-LM: step time {a['step_s'] / f['step_s']:.2f}x, optimizer state "
           f"{a['optimizer_state_mb'] / max(f['optimizer_state_mb'], 1e-9):.1f}x, peak RSS "
           f"{a['peak_rss_mb'] / f['peak_rss_mb']:.2f}x")

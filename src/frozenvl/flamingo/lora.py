@@ -39,7 +39,7 @@ def add_lora(lm: nn.Module, layers_path: str, config: FlamingoConfig) -> list[st
     targets = lora_target_modules(lm, config)
     linear = {name: module for name, module in lm.named_modules()
               if name.startswith(f"{layers_path}.") and _is_linear(module)}
-    unknown = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
+    unknown = [t for t in targets if not any(n.endswith(f".{t}") for n in linear)]
     if unknown:
         raise ValueError(f"lora_target_modules: {', '.join(unknown)} matches no linear layer of the LM's decoder "
                          f"layers; their linear layers are named: {', '.join(_linear_names(lm, layers_path))}")
