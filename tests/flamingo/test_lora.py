@@ -194,3 +194,28 @@ def test_gradient_checkpointing_gives_the_adapters_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6)
+
+
+def test_a_short_engine_run_trains_the_adapters_and_checkpoints_them_with_their_optimizer_state(tmp_path):
+    from frozenvl.data import WorldConfig, generate_world
+    from frozenvl.train.config import load_config
+    from frozenvl.train.loop import train
+
+    generate_world(tmp_path / "world", WorldConfig(n_pairs=8, n_interleaved=0, n_video=0, image_size=32,
+                                                   shard_size=8, splits=("pairs",)), progress=False, log=None)
+    shards = tmp_path / "world" / "train" / "pairs-*.tar"
+    overrides = [f"data.datasets=[{{name: pairs, shards: '{shards}', batch_size: 2}}]", "model.lm=tiny:gpt2",
+                 "model.vision=tiny", "model.flamingo.lora_rank=4", "model.flamingo.max_length=96",
+                 *(f"model.flamingo.{k}={v}" for k, v in TINY.items()), "optim.lr=3e-3",
+                 f"train.run_dir={tmp_path / 'run'}", "train.steps=2", "train.checkpoint_every=2",
+                 "train.log_every=1", "train.progress=false", "train.threads=1"]
+    checkpoint = train(load_config(None, overrides)).checkpoint
+    weights = load_file(str(checkpoint / WEIGHTS_NAME))
+    lora_b = [k for k in weights if ".lora_B." in k]
+    assert lora_b and all(torch.count_nonzero(weights[k]) > 0 for k in lora_b)  # moved from zero
+    optimizer_state = load_file(str(checkpoint / "optimizer.safetensors"))
+    assert {k.rpartition("::")[0] for k in optimizer_state} >= set(lora_b)
+    loaded = Flamingo.from_pretrained(checkpoint, lm=tiny_lm("gpt2"), tokenizer=tiny_tokenizer(), vision=tiny_vision())
+    assert set(adapters(loaded)) == {k for k in weights if ".lora_" in k}
+    for name, p in adapters(loaded).items():
+        assert torch.equal(p, weights[name])
