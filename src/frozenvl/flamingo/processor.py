@@ -3,6 +3,10 @@
 Text format: ``<image>caption<|endofchunk|>`` per chunk. ``images[i]`` lists the media of sample ``i`` in the
 order of its ``<image>`` markers; a medium is an image (PIL image, HWC uint8 array, path, bytes, or an already
 transformed (C, H, W) tensor) or a video (a list of frames, sampled at 1 FPS by the caller or the data loader).
+
+The call follows transformers' processors (``processor(text=..., images=..., videos=..., padding=...,
+truncation=..., max_length=...)`` returns a ``BatchFeature``; ``decode`` / ``batch_decode`` are the tokenizer's),
+and the positional style ``processor(texts, images, padding_side=...)`` gives the same batch.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
+from transformers import BatchFeature
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.tensors import check_padding_side, pad_sequences, stack_media
@@ -64,54 +69,111 @@ class FlamingoProcessor:
         return torch.stack([self.load_image(f, f"{where} frame {k}") for k, f in enumerate(frames)])
 
     # ------------------------------------------------------------------------------------------------- call
+    model_input_names = ["input_ids", "attention_mask", "pixel_values"]
+
     def __call__(
         self,
-        texts: str | Sequence[str],
-        images: Sequence[Sequence] | None = None,
+        text: str | Sequence[str] | None = None,
+        images: Sequence | None = None,
         padding_side: str | None = None,
         max_length: int | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Returns ``input_ids`` and ``attention_mask`` (B, L), and ``pixel_values`` (B, T_img, F, C, H, W)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        side = check_padding_side(padding_side or self.padding_side)  # before any work
-        max_length = max_length or self.max_length
-        if images is None:
-            images = [[] for _ in texts]
-        if len(images) != len(texts):
-            raise ValueError(f"{len(texts)} texts but images for {len(images)} samples")
+        *,
+        videos: Sequence | None = None,
+        texts: str | Sequence[str] | None = None,  # the former name of ``text``
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        truncation: bool | str = False,
+        pad_to_multiple_of: int | None = None,
+    ) -> BatchFeature:
+        """Text(s) and their media -> a ``BatchFeature`` (a dict with ``.to(device)`` / ``.to(dtype)``) holding
+        ``input_ids`` and ``attention_mask`` (B, L), and ``pixel_values`` (B, T_img, F, C, H, W) when there are media.
 
-        rows, media = [], []
-        for i, (text, sample_media) in enumerate(zip(texts, images)):
-            if not isinstance(text, str):
-                raise TypeError(f"sample {i}: text must be a string, got {type(text).__name__}")
-            sample_media = list(sample_media or [])
-            markers = text.count(IMAGE_TOKEN)
+        As transformers processors: ``text`` is a string or a list of them; ``images[i]`` / ``videos[i]`` list the
+        media of text ``i`` in the order of its ``<image>`` markers (for a single string, a flat list or one image /
+        one video will do); a video is a list of frames or an (F, H, W, C) array / (F, C, H, W) tensor. ``padding``:
+        True or "longest" (to the longest row), "max_length" (to ``max_length``), False (rows must be equal);
+        ``truncation=True`` cuts a row longer than ``max_length`` on the tokenizer's ``truncation_side`` and drops
+        the media of the markers cut with it (without it such a row is an error). ``max_length`` defaults to the
+        processor's, ``padding_side`` to the processor's ("left" for prompts that ``generate`` continues).
+        """
+        if texts is not None:
+            if text is not None:
+                raise TypeError("pass text= or texts=, not both")
+            text = texts
+        if text is None:
+            raise TypeError("FlamingoProcessor needs text=, with one <image> marker per image or video")
+        if return_tensors != "pt":
+            raise ValueError(f"FlamingoProcessor returns PyTorch tensors (return_tensors='pt'), got {return_tensors!r}")
+        side = check_padding_side(padding_side or self.padding_side)  # before any work
+        pad_to = _padding_strategy(padding)
+        truncate = _truncation_strategy(truncation)
+        max_length = max_length or self.max_length
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        media = self._media_per_sample(texts, images, videos, single)
+
+        rows, tensors = [], []
+        for i, (sample_text, sample_media) in enumerate(zip(texts, media)):
+            if not isinstance(sample_text, str):
+                raise TypeError(f"sample {i}: text must be a string, got {type(sample_text).__name__}")
+            markers = sample_text.count(IMAGE_TOKEN)
             if markers != len(sample_media):
                 raise ValueError(f"sample {i}: the text has {markers} {IMAGE_TOKEN} markers but "
                                  f"{len(sample_media)} images/videos were given")
             if markers > self.max_images:
                 raise ValueError(f"sample {i}: {markers} images, more than the maximum of {self.max_images}")
-            ids = self.tokenizer(text)["input_ids"]
-            if len(ids) > max_length:
-                raise ValueError(f"sample {i}: {len(ids)} tokens, more than max_length={max_length}")
+            ids = self.tokenizer(sample_text)["input_ids"]
             n_markers = sum(1 for t in ids if t == self.image_token_id)
             if n_markers != markers:
                 raise ValueError(f"sample {i}: {n_markers} {IMAGE_TOKEN} tokens for {markers} markers after tokenizing")
+            if len(ids) > max_length:
+                if not truncate:
+                    raise ValueError(f"sample {i}: {len(ids)} tokens, more than max_length={max_length} "
+                                     "(truncation=True cuts it)")
+                # The tokenizer truncates (keeping its special tokens); the media of the cut markers go with them.
+                ids = self.tokenizer(sample_text, truncation=True, max_length=max_length)["input_ids"]
+                kept = sum(1 for t in ids if t == self.image_token_id)
+                left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+                sample_media = sample_media[len(sample_media) - kept:] if left else sample_media[:kept]
             rows.append(ids)
-            media.append([self.media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
+            tensors.append([self.media_tensor(m, f"sample {i} image {j}") for j, m in enumerate(sample_media)])
 
-        input_ids, attention_mask = pad_sequences(rows, self.pad_token_id, side)
+        longest = max(len(r) for r in rows)
+        if pad_to is None and any(len(r) != longest for r in rows):
+            raise ValueError(f"rows of {sorted({len(r) for r in rows})} tokens cannot form a batch without padding "
+                             "(padding=True pads them)")
+        length = max_length if pad_to == "max_length" else longest
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        input_ids, attention_mask = pad_sequences(rows, self.pad_token_id, side, length=length)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        pixel_values = stack_media(media)
+        pixel_values = stack_media(tensors)
         if pixel_values is not None:
             batch["pixel_values"] = pixel_values
-        return batch
+        return BatchFeature(batch)
+
+    @staticmethod
+    def _media_per_sample(texts: list[str], images, videos, single: bool) -> list[list]:
+        """``images`` / ``videos`` as given -> one list of media per text (a video as a list of frames)."""
+        media = []
+        for i, (sample_images, sample_videos) in enumerate(zip(_images_per_sample(images, len(texts), single),
+                                                               _videos_per_sample(videos, len(texts), single))):
+            if sample_images and sample_videos:
+                raise ValueError(f"sample {i}: images= and videos= both give it media, whose marker order is "
+                                 "then unknown; give all its media in marker order in images= (a video as a "
+                                 "list of frames)")
+            media.append(sample_images or sample_videos)
+        return media
 
     # ----------------------------------------------------------------------------------------------- decode
-    def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = False, **kwargs) -> str:
+        """The tokenizer's ``decode`` (``skip_special_tokens``, ``clean_up_tokenization_spaces``, ...)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def batch_decode(self, sequences: torch.Tensor | Sequence[Sequence[int]], skip_special_tokens: bool = False,
+                     **kwargs) -> list[str]:
+        """The tokenizer's ``batch_decode``: one string per row of ``sequences`` (B, L), prompts included."""
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
 
     def batch_decode_new(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:
         """Decode generated continuations: cut at ``<|endofchunk|>``, drop padding and specials."""
@@ -121,6 +183,77 @@ class FlamingoProcessor:
                 row = row[: row.index(self.end_of_chunk_token_id)]
             out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return out
+
+
+def _padding_strategy(padding: bool | str) -> str | None:
+    """transformers' ``padding`` values -> "longest", "max_length" or None (no padding)."""
+    if padding is True or padding == "longest":
+        return "longest"
+    if padding is False or padding == "do_not_pad":
+        return None
+    if padding == "max_length":
+        return "max_length"
+    raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+
+
+def _truncation_strategy(truncation: bool | str) -> bool:
+    """transformers' ``truncation`` values for a single text per row -> whether to truncate."""
+    if truncation in (True, "longest_first", "only_first"):
+        return True
+    if truncation in (False, "do_not_truncate"):
+        return False
+    raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or 'do_not_truncate', "
+                     f"got {truncation!r}")
+
+
+def _is_frame(x) -> bool:
+    """An image (PIL, HWC array, (C, H, W) tensor, path, bytes): not a list, not a 4-D array of frames."""
+    return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) != 4
+
+
+def _is_video(x) -> bool:
+    """A video: a list of frames, or an (F, H, W, C) array / (F, C, H, W) tensor."""
+    if isinstance(x, (list, tuple)):
+        return bool(x) and all(_is_frame(f) for f in x)
+    return getattr(x, "ndim", None) == 4
+
+
+def _check_samples(media, n_texts: int, name: str) -> None:
+    if not isinstance(media, (list, tuple)) or len(media) != n_texts:
+        found = len(media) if isinstance(media, (list, tuple)) else type(media).__name__
+        raise ValueError(f"{n_texts} texts but {name} for {found} samples")
+
+
+def _images_per_sample(images, n_texts: int, single: bool) -> list[list]:
+    """``images[i]``: the media of text ``i``, a list (a video in it a list of frames) or one image. A single text
+    may also take one image or a flat list (``[[a, b]]`` is text 0's list, as before)."""
+    if images is None:
+        return [[] for _ in range(n_texts)]
+    if single and not isinstance(images, (list, tuple)):
+        return [[images]]
+    if single and not (len(images) == 1 and isinstance(images[0], (list, tuple))):
+        return [list(images)]
+    _check_samples(images, n_texts, "images")
+    return [[] if m is None else list(m) if isinstance(m, (list, tuple)) else [m] for m in images]
+
+
+def _videos_per_sample(videos, n_texts: int, single: bool) -> list[list]:
+    """``videos[i]``: the videos of text ``i``, a list of them or one video. A single text may also take one video
+    or a flat list of videos. Each video comes back as a list of frames."""
+    if videos is None:
+        return [[] for _ in range(n_texts)]
+    if single and (_is_video(videos) or (isinstance(videos, (list, tuple)) and all(map(_is_video, videos)))):
+        videos = [videos]
+    _check_samples(videos, n_texts, "videos")
+    out = []
+    for i, sample in enumerate(videos):
+        sample = [] if sample is None else [sample] if _is_video(sample) else list(sample)
+        for j, video in enumerate(sample):
+            if not _is_video(video):
+                raise ValueError(f"sample {i} video {j}: a video is a non-empty list of frames or an (F, H, W, C) "
+                                 f"array / (F, C, H, W) tensor, got {type(video).__name__}")
+        out.append([list(video) for video in sample])
+    return out
 
 
 # Non-tensor fields a data collator adds to a batch (frozenvl.tasks.FlamingoCollator), so model(**batch) works.
