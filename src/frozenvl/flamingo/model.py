@@ -212,8 +212,13 @@ class Flamingo(PretrainedModel, nn.Module):
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Greedy, sampling or beam search; see :func:`frozenvl.flamingo.generation.generate`."""
+                 pixel_values: torch.Tensor | None = None, **kwargs) -> torch.Tensor | ModelOutput:
+        """Greedy, sampling or beam search, with transformers' controls (``repetition_penalty``,
+        ``no_repeat_ngram_size``, ``min_new_tokens``, ``bad_words_ids``, ``eos_token_id``, ``num_return_sequences``,
+        ``streamer``, ``output_scores`` / ``return_dict_in_generate``); see
+        :func:`frozenvl.flamingo.generation.generate` and docs/generation.md. Returns the prompts followed by the new
+        tokens, or with ``return_dict_in_generate=True`` a transformers ``GenerateDecoderOnlyOutput`` (greedy,
+        sampling) or ``GenerateBeamDecoderOnlyOutput`` (beam search)."""
         return generate(self, input_ids, attention_mask, pixel_values, **kwargs)
 
     # ------------------------------------------------------------------------------------- save and load
