@@ -243,3 +243,23 @@ def test_controls_are_checked():
         model.generate(**batch, num_beams=2, streamer=_Recorder())
     with pytest.raises(TypeError, match="unexpected"):
         model.generate(**batch, repetition_penalty_=1.2)
+
+
+def test_several_samples_continuing_a_prefix_cache_equal_those_of_the_full_prompt():
+    # num_return_sequences repeats the rows of the prefix cache too; images matter here (open gates)
+    from frozenvl.testing import tiny_flamingo
+
+    model, proc = tiny_flamingo(open_gates=True)
+    prefix = proc(["<image>a cat<|endofchunk|>"], [images(1)])
+    query = proc(["<image>a"], [images(1, seed=4)], padding_side="left")
+    full = proc(["<image>a cat<|endofchunk|><image>a"], [images(1) + images(1, seed=4)], padding_side="left")
+    cache = model(prefix["input_ids"], prefix["attention_mask"], prefix["pixel_values"], use_cache=True).cache
+    kw = dict(do_sample=True, num_return_sequences=3, max_new_tokens=8, top_k=30)
+    torch.manual_seed(0)
+    cached = model.generate(query["input_ids"], query["attention_mask"], query["pixel_values"], cache=cache, **kw)
+    torch.manual_seed(0)
+    whole = model.generate(full["input_ids"], full["attention_mask"], full["pixel_values"], **kw)
+    Lq, Lf = query["input_ids"].shape[1], full["input_ids"].shape[1]
+    assert cached.shape[0] == whole.shape[0] == 3
+    assert torch.equal(cached[:, Lq:], whole[:, Lf:])
+    assert len({tuple(row) for row in whole[:, Lf:].tolist()}) > 1  # three different samples

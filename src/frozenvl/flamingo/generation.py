@@ -238,7 +238,8 @@ def generate(
     if not return_dict_in_generate:
         return sequences
     if num_beams > 1:
-        return GenerateBeamDecoderOnlyOutput(sequences=sequences, sequences_scores=torch.tensor(seq_scores))
+        return GenerateBeamDecoderOnlyOutput(sequences=sequences,
+                                             sequences_scores=torch.tensor(seq_scores, device=sequences.device))
     return GenerateDecoderOnlyOutput(sequences=sequences, scores=None if scores is None else tuple(scores))
 
 
