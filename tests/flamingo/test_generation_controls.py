@@ -172,9 +172,9 @@ def test_beam_search_controls_equal_the_lm_generate(family, with_images):
 def test_beam_search_returns_its_best_hypotheses_with_their_scores():
     model, proc, reference = _fresh("gpt2", no_banned_mass=True)
     batch = _batch(proc, False)
-    kw = dict(num_beams=4, num_return_sequences=3, return_dict_in_generate=True, output_scores=False)
+    kw = dict(num_beams=4, num_return_sequences=3, return_dict_in_generate=True, output_scores=True)
     out = _flamingo_generate(model, batch, **kw)
-    ref = _reference_generate(model, reference, batch, **{**kw, "output_scores": True})  # its sequences_scores
+    ref = _reference_generate(model, reference, batch, **kw)
     assert torch.equal(out.sequences, ref.sequences)
     assert torch.allclose(out.sequences_scores, ref.sequences_scores, atol=1e-4)
     assert torch.equal(out.sequences[::3], _flamingo_generate(model, batch, num_beams=4))  # the best comes first
@@ -209,12 +209,13 @@ def test_streamer_gets_what_the_lm_generate_gives_it(family):
     assert torch.equal(torch.cat([ours.puts[0]] + [p.view(-1, 1) for p in ours.puts[1:]], dim=1), out)
 
 
-@pytest.mark.parametrize("do_sample", [False, True])
-def test_output_scores_equal_the_lm_generate(do_sample):
-    model, proc, reference = _fresh("llama")
+@pytest.mark.parametrize(("do_sample", "num_beams"), [(False, 1), (True, 1), (False, 3)])
+def test_output_scores_equal_the_lm_generate(do_sample, num_beams):
+    # beam search: each step's processed log-probabilities of every beam, the beams in transformers' order
+    model, proc, reference = _fresh("llama", no_banned_mass=num_beams > 1)
     batch = _batch(proc, False)
-    kw = dict(return_dict_in_generate=True, output_scores=True, do_sample=do_sample, top_k=10,
-              repetition_penalty=1.4)
+    kw = dict(return_dict_in_generate=True, output_scores=True, do_sample=do_sample, num_beams=num_beams,
+              repetition_penalty=1.4, **(dict(top_k=10) if do_sample else {}))
     torch.manual_seed(0)
     out = _flamingo_generate(model, batch, **kw)
     torch.manual_seed(0)

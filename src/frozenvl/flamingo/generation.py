@@ -181,8 +181,6 @@ def generate(
                          "or num_beams >= num_return_sequences")
     if streamer is not None and num_beams > 1:
         raise ValueError("a streamer cannot follow beam search (as in transformers): use num_beams=1")
-    if output_scores and num_beams > 1:
-        raise ValueError("output_scores is supported for greedy search and sampling, not beam search")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if cache is not None and not use_cache:
@@ -225,10 +223,11 @@ def generate(
         else:
             decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, num_beams,
                                cache)
-            seq_scores = []
+            seq_scores, scores = [], [] if output_scores else None
             new = _beam_search(model, decoder, input_ids.shape[0], max_new_tokens, num_beams, length_penalty, stops,
                                banned, prompts=input_ids, processors=processors,
-                               num_return_sequences=num_return_sequences, sequence_scores=seq_scores)
+                               num_return_sequences=num_return_sequences, sequence_scores=seq_scores,
+                               scores=scores)
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
     finally:
         model.train(was_training)
@@ -239,7 +238,8 @@ def generate(
         return sequences
     if num_beams > 1:
         return GenerateBeamDecoderOnlyOutput(sequences=sequences,
-                                             sequences_scores=torch.tensor(seq_scores, device=sequences.device))
+                                             sequences_scores=torch.tensor(seq_scores, device=sequences.device),
+                                             scores=None if scores is None else tuple(scores))
     return GenerateDecoderOnlyOutput(sequences=sequences, scores=None if scores is None else tuple(scores))
 
 
@@ -313,9 +313,12 @@ def _best_continuations(logits: torch.Tensor, beam_scores: torch.Tensor, banned:
 
 def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_penalty, stops, banned, *,
                  prompts: torch.Tensor | None = None, processors: LogitsProcessorList | None = None,
-                 num_return_sequences: int = 1, sequence_scores: list | None = None) -> torch.Tensor:
+                 num_return_sequences: int = 1, sequence_scores: list | None = None,
+                 scores: list | None = None) -> torch.Tensor:
     """-> the ``num_return_sequences`` best hypotheses of each prompt, best first (B*R, new); their scores are
-    appended to ``sequence_scores``. ``prompts`` (B, L): what the ``processors`` see before the new tokens."""
+    appended to ``sequence_scores``, and each step's processed log-probabilities of every beam, (B*K, V), to
+    ``scores`` (-inf for a prompt that is done). ``prompts`` (B, L): what the ``processors`` see before the new
+    tokens."""
     logits = decoder.first()  # (B*K, V)
     device = logits.device
     V = logits.shape[-1]
@@ -337,11 +340,17 @@ def _beam_search(model, decoder: _Decoder, B: int, max_new_tokens, K, length_pen
         rows = (torch.tensor(active, device=device).unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
         full = torch.zeros(B * K, V, device=device)
         full[rows] = logp
-        return processors(torch.cat([prompts_ids, seqs], dim=1), full)[rows]
+        full = processors(torch.cat([prompts_ids, seqs], dim=1), full)
+        if scores is not None:
+            running = torch.zeros(B * K, dtype=torch.bool, device=device)
+            running[rows] = True
+            scores.append(full.masked_fill(~running.unsqueeze(1), float("-inf")))
+        return full[rows]
 
     for step in range(max_new_tokens):
         top_scores, top_idx = _best_continuations(logits, beam_scores[active], banned_ids,
-                                                  process if len(processors) else None)  # (A, 2K) each
+                                                  process if len(processors) or scores is not None
+                                                  else None)  # (A, 2K) each
         new_scores = torch.full((B, K), float("-inf"), device=device)
         new_beams = torch.arange(K, device=device).repeat(B, 1)  # (B, K); a done prompt's rows stay put
         new_tokens = torch.full((B, K), model.pad_token_id, dtype=torch.long, device=device)
