@@ -68,7 +68,7 @@ def _flamingo_generate(model, batch, **kw):
     return model.generate(**batch, **args)
 
 
-def _controls(baseline: torch.Tensor, prompt_len: int, tokenizer) -> dict[str, dict]:
+def _controls(baseline: torch.Tensor, prompt_len: int) -> dict[str, dict]:
     """One setting per control, chosen from what the model generates without it so that each one bites."""
     first = baseline[0, prompt_len:]
     second = baseline[1, prompt_len:]
@@ -93,7 +93,7 @@ def test_greedy_controls_equal_the_lm_generate(family, with_images):
     L = batch["input_ids"].shape[1]
     baseline = _flamingo_generate(model, batch)
     assert torch.equal(baseline, _reference_generate(model, reference, batch))
-    for name, kw in _controls(baseline, L, proc.tokenizer).items():
+    for name, kw in _controls(baseline, L).items():
         out = _flamingo_generate(model, batch, **kw)
         assert torch.equal(out, _reference_generate(model, reference, batch, **kw)), name
         assert torch.equal(out, _flamingo_generate(model, batch, use_cache=False, **kw)), name
@@ -160,7 +160,7 @@ def test_beam_search_controls_equal_the_lm_generate(family, with_images):
     L = batch["input_ids"].shape[1]
     baseline = _flamingo_generate(model, batch, num_beams=3)
     assert torch.equal(baseline, _reference_generate(model, reference, batch, num_beams=3))
-    settings = {**_controls(baseline, L, proc.tokenizer), "num_return_sequences": dict(num_return_sequences=2)}
+    settings = {**_controls(baseline, L), "num_return_sequences": dict(num_return_sequences=2)}
     for name, kw in settings.items():
         kw = dict(num_beams=3, **kw)
         out = _flamingo_generate(model, batch, **kw)
