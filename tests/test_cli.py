@@ -58,3 +58,30 @@ def test_train_help_lists_the_keys_of_every_section(capsys):
     assert "data.datasets.NAME: name, shards, weight, batch_size" in out
     for key in ("init_from", "gradient_checkpointing", "max_nonfinite_steps", "eval_datasets.NAME.*"):
         assert key in out
+
+
+def test_generate_passes_the_decoding_controls(monkeypatch, capsys):
+    """--repetition-penalty, --no-repeat-ngram-size and --min-new-tokens reach the model's generate."""
+    import torch
+
+    from frozenvl.cli import generate
+
+    seen = {}
+
+    class Processor:
+        def __call__(self, texts, media, padding_side):
+            return {"input_ids": torch.ones(1, 3, dtype=torch.long)}
+
+        def batch_decode_new(self, out, length):
+            return ["done"]
+
+    class Model:
+        def generate(self, **kwargs):
+            seen.update(kwargs)
+            return torch.ones(1, 5, dtype=torch.long)
+
+    monkeypatch.setattr(generate, "_load_flamingo", lambda args: (Model(), Processor()))
+    assert main(["generate", "--prompt", "Output:", "--repetition-penalty", "1.3", "--no-repeat-ngram-size", "3",
+                 "--min-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "done"
+    assert (seen["repetition_penalty"], seen["no_repeat_ngram_size"], seen["min_new_tokens"]) == (1.3, 3, 2)

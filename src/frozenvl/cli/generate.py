@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     batch = processor([args.prompt], [media], padding_side="left")
     out = model.generate(**batch, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                         do_sample=args.sample, temperature=args.temperature, top_p=args.top_p)
+                         do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                         min_new_tokens=args.min_new_tokens)
     print(processor.batch_decode_new(out, batch["input_ids"].shape[1])[0])
     return 0
 
@@ -92,5 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 makes tokens already in the text less likely (transformers' repetition penalty)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
+    gen.add_argument("--min-new-tokens", type=int, default=0, help="no stop before this many new tokens")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=run, media=[])
