@@ -25,11 +25,15 @@ def test_pad_sequences_right_and_left():
 
 def test_stack_media_pads_rows_with_zero_media():
     image, video = torch.ones(1, 3, 4, 4), torch.ones(2, 3, 4, 4)
-    pixels = stack_media([[image, 2 * image], [], [3 * image]])
+    pixels, frame_mask = stack_media([[image, 2 * image], [], [3 * image]])
     assert pixels.shape == (3, 2, 1, 3, 4, 4)  # (B, T_img, F, C, H, W)
     assert pixels[:, :, 0, 0, 0, 0].tolist() == [[1, 2], [0, 0], [3, 0]]
-    assert stack_media([[], []]) is None
-    with pytest.raises(ValueError, match="same number of frames"):
-        stack_media([[image], [video]])
+    assert frame_mask is None  # every medium has one frame: nothing to mask
+    assert stack_media([[], []]) == (None, None)
+    # an image beside a video: padded to the video's frames, the mask says which are real
+    pixels, frame_mask = stack_media([[image], [5 * video, 7 * image]])
+    assert pixels.shape == (2, 2, 2, 3, 4, 4)
+    assert frame_mask.tolist() == [[[True, False], [False, False]], [[True, True], [True, False]]]
+    assert pixels[:, :, :, 0, 0, 0].tolist() == [[[1, 0], [0, 0]], [[5, 5], [7, 0]]]
     with pytest.raises(ValueError, match="one shape"):
         stack_media([[image], [torch.ones(1, 3, 8, 8)]])

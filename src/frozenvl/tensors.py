@@ -39,22 +39,26 @@ def pad_sequences(seqs: Sequence[Sequence[int] | torch.Tensor], pad_value: int, 
     return ids, mask
 
 
-def stack_media(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor | None:
-    """Per-row media, each (F, C, H, W) -> (B, T_img, F, C, H, W); rows with fewer media are padded with zero
-    media (their ``<image>`` tokens are absent, so the padding is never attended to). None when no row has media.
+def stack_media(rows: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-row media, each (F, C, H, W) -> ``pixel_values`` (B, T_img, F, C, H, W) and ``frame_mask``.
+
+    Rows with fewer media are padded with zero media (their ``<image>`` tokens are absent, so the padding is never
+    attended to). Media with fewer frames than the longest (an image beside a video, videos of different lengths)
+    are padded with zero frames, and ``frame_mask`` (B, T_img, F), True on real frames, says which frames the
+    resampler may read; it is None when every medium has the same number of frames. (None, None) without media.
     """
     flat = [m for row in rows for m in row]
     if not flat:
-        return None
-    frames = {m.shape[0] for m in flat}
+        return None, None
     shapes = {tuple(m.shape[1:]) for m in flat}
-    if len(frames) > 1:
-        raise ValueError(f"all media in a batch need the same number of frames, got {sorted(frames)} "
-                         "(images count as 1 frame; sample videos to a fixed frame count)")
     if len(shapes) > 1:
         raise ValueError(f"all images in a batch need one shape after the transform, got {sorted(shapes)}")
-    out = torch.zeros(len(rows), max(len(row) for row in rows), *flat[0].shape)
+    frames = max(m.shape[0] for m in flat)
+    out = torch.zeros(len(rows), max(len(row) for row in rows), frames, *flat[0].shape[1:])
+    mask = torch.zeros(out.shape[:3], dtype=torch.bool)
     for i, row in enumerate(rows):
         for j, medium in enumerate(row):
-            out[i, j] = medium
-    return out
+            out[i, j, : medium.shape[0]] = medium
+            mask[i, j, : medium.shape[0]] = True
+    mixed = any(m.shape[0] != frames for m in flat)
+    return out, (mask if mixed else None)

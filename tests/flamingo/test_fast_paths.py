@@ -102,7 +102,7 @@ def test_beam_search_encodes_each_prompt_once_not_once_per_beam():
     rows, vision_rows = [], []
     forward, encode = model.forward, model.encode_media
     model.forward = lambda input_ids, *a, **k: rows.append(tuple(input_ids.shape)) or forward(input_ids, *a, **k)
-    model.encode_media = lambda pixels: vision_rows.append(pixels.shape[0]) or encode(pixels)
+    model.encode_media = lambda pixels, *rest: vision_rows.append(pixels.shape[0]) or encode(pixels, *rest)
     out = model.generate(**batch, max_new_tokens=4, num_beams=3)
     L = batch["input_ids"].shape[1]
     assert rows[0] == (2, L) and vision_rows == [2]  # the prompts: 2 rows, not 2 x 3 beams

@@ -43,8 +43,10 @@ def test_images_from_bytes_arrays_and_videos(processor):
     assert batch["pixel_values"].shape == (1, 2, 1, 3, 32, 32)
     video = processor(["<image>moving"], [[[np.zeros((32, 32, 3), dtype=np.uint8)] * 3]])
     assert video["pixel_values"].shape == (1, 1, 3, 3, 32, 32)  # (B, T_img, F, C, H, W)
-    with pytest.raises(ValueError, match="same number of frames"):
-        processor(["<image>a", "<image>b"], [[[images(1)[0]] * 2], images(1)])
+    assert "frame_mask" not in video and "frame_mask" not in batch  # one frame count: no mask
+    mixed = processor(["<image>a", "<image>b"], [[[images(1)[0]] * 2], images(1)])  # a video beside an image
+    assert mixed["pixel_values"].shape == (2, 1, 2, 3, 32, 32)
+    assert mixed["frame_mask"].tolist() == [[[True, True]], [[True, False]]]
 
 
 def test_left_and_right_padding(processor):

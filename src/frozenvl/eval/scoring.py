@@ -95,7 +95,10 @@ class FewShotScorer:
 
     def _pixels(self, rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor | None:
         """Per-row media -> (B, T_img, F, C, H, W) on the model's device, zero media as padding."""
-        pixels = stack_media(rows)
+        pixels, frame_mask = stack_media(rows)
+        if frame_mask is not None:
+            raise ValueError("few-shot scoring needs the same number of frames for every medium of a batch "
+                             "(images count as 1 frame; sample videos to a fixed frame count)")
         return None if pixels is None else pixels.to(self.device)
 
     # --------------------------------------------------------------------------------------------- prefix

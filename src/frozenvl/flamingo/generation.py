@@ -41,25 +41,27 @@ class _Decoder:
     """Feeds tokens to the model, with or without caching; rows can be reordered (beam search)."""
 
     def __init__(self, model, input_ids, attention_mask, pixel_values, document_ids, use_cache: bool,
-                 expand: int = 1, prefix=None):
+                 expand: int = 1, prefix=None, frame_mask=None):
         self.model = model
         self.use_cache = use_cache
         self.expand = expand  # rows per prompt (beams)
         # Caching: the prompts, (B, ...), encoded once; the beams start from copies of that state. Recomputing:
         # the sequence of every row, (B*K, ...), re-encoded from the pixels at every step.
         if not use_cache and expand > 1:
-            input_ids, attention_mask, pixel_values, document_ids = (
+            input_ids, attention_mask, pixel_values, document_ids, frame_mask = (
                 None if t is None else t.repeat_interleave(expand, dim=0)
-                for t in (input_ids, attention_mask, pixel_values, document_ids))
+                for t in (input_ids, attention_mask, pixel_values, document_ids, frame_mask))
         self.ids, self.mask, self.pixels, self.docs = input_ids, attention_mask, pixel_values, document_ids
+        self.frames = frame_mask  # (rows, T_img, F) real frames, or None
         self.prefix = prefix
         self.cache = None
 
     def first(self) -> torch.Tensor:  # -> (N, V) logits of the next token
         if not self.use_cache:
-            out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
+            out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, frame_mask=self.frames,
+                             logits_to_keep=1)
             return out.logits[:, -1]
-        media = self.model.encode_media(self.pixels) if self.pixels is not None else None
+        media = self.model.encode_media(self.pixels, self.frames) if self.pixels is not None else None
         out = self.model(self.ids, self.mask, media=media, document_ids=None if self.prefix is not None else self.docs,
                          cache=self.prefix, use_cache=True, logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1]  # (B, V)
@@ -87,11 +89,14 @@ class _Decoder:
                 self.docs = self.docs[index]
             if self.pixels is not None:
                 self.pixels = self.pixels[index]
+            if self.frames is not None:
+                self.frames = self.frames[index]
         self.ids = torch.cat([self.ids, tokens.unsqueeze(1)], dim=1)
         self.mask = torch.cat([self.mask, one], dim=1)
         if self.docs is not None:
             self.docs = torch.cat([self.docs, self.docs[:, -1:]], dim=1)
-        out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, logits_to_keep=1)
+        out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, frame_mask=self.frames,
+                         logits_to_keep=1)
         return out.logits[:, -1]
 
 
@@ -148,6 +153,7 @@ def generate(
     generator: torch.Generator | None = None,
     document_ids: torch.Tensor | None = None,
     cache=None,
+    frame_mask: torch.Tensor | None = None,  # (B, T_img, F) real frames when media of different lengths mix
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
     min_new_tokens: int = 0,
@@ -199,9 +205,9 @@ def generate(
         banned.append(model.pad_token_id)
     if num_return_sequences > 1 and num_beams == 1:  # several samples of each prompt: repeat its rows
         rows = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(num_return_sequences)
-        input_ids, attention_mask, pixel_values, document_ids = (
+        input_ids, attention_mask, pixel_values, document_ids, frame_mask = (
             None if t is None else t[rows.to(t.device)] for t in (input_ids, attention_mask, pixel_values,
-                                                                   document_ids))
+                                                                   document_ids, frame_mask))
         if cache is not None:
             cache = cache.select(rows.to(cache.attention_mask.device))
     rows_per_prompt = num_beams  # the rows the processors see: transformers' expanded batch
@@ -215,14 +221,15 @@ def generate(
     model.eval()
     try:
         if num_beams == 1:
-            decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, 1, cache)
+            decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, 1, cache,
+                               frame_mask)
             scores = [] if output_scores else None
             new = _greedy_or_sample(model, decoder, input_ids.shape[0], max_new_tokens, do_sample, temperature, top_k,
                                     top_p, stops, banned, generator, prompts=input_ids, processors=processors,
                                     streamer=streamer, scores=scores)
         else:
             decoder = _Decoder(model, input_ids, attention_mask, pixel_values, document_ids, use_cache, num_beams,
-                               cache)
+                               cache, frame_mask)
             seq_scores, scores = [], [] if output_scores else None
             new = _beam_search(model, decoder, input_ids.shape[0], max_new_tokens, num_beams, length_penalty, stops,
                                banned, prompts=input_ids, processors=processors,

@@ -99,8 +99,11 @@ class Flamingo(PretrainedModel, nn.Module):
         enable_gradient_checkpointing(self)
 
     # ----------------------------------------------------------------------------------------------- media
-    def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T_img, C, H, W) images or (B, T_img, F, C, H, W) videos -> visual tokens (B, T_img, n, Dv)."""
+    def encode_media(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T_img, C, H, W) images or (B, T_img, F, C, H, W) videos -> visual tokens (B, T_img, n, Dv).
+
+        ``frame_mask`` (B, T_img, F), True on real frames, when media of different frame counts share the batch
+        (the processor pads them): padded frames are neither encoded nor read by the resampler."""
         if pixel_values.ndim == 5:
             pixel_values = pixel_values.unsqueeze(2)
         if pixel_values.ndim != 6:
@@ -110,11 +113,16 @@ class Flamingo(PretrainedModel, nn.Module):
         vision_dtype = next(self.vision.parameters(), torch.empty(0)).dtype
         # A frozen encoder builds no graph; one unfrozen for fine-tuning gets its gradients.
         tune_vision = any(p.requires_grad for p in self.vision.parameters())
+        frames = pixel_values.flatten(0, 2).to(vision_dtype)  # (B*T*F, C, H, W)
+        real = None if frame_mask is None else frame_mask.to(frames.device).flatten()  # (B*T*F,)
         with torch.set_grad_enabled(tune_vision and torch.is_grad_enabled()):
-            feats = self.vision(pixel_values.flatten(0, 2).to(vision_dtype))  # (B*T*F, N, D)
+            feats = self.vision(frames if real is None else frames[real])  # (B*T*F or real frames, N, D)
+        if real is not None:  # padded frames stay zero: the resampler does not read them
+            feats = feats.new_zeros(len(frames), *feats.shape[1:]).index_copy(0, real.nonzero().squeeze(1), feats)
         feats = feats.reshape(B, T, Fr, *feats.shape[1:])  # (B, T, F, N, D)
         proj_dtype = next(self.resampler.parameters()).dtype
-        return self.resampler(self.vision_proj(feats.to(proj_dtype)))  # (B, T, n, Dv)
+        mask = None if frame_mask is None else frame_mask.to(feats.device)
+        return self.resampler(self.vision_proj(feats.to(proj_dtype)), mask)  # (B, T, n, Dv)
 
     # --------------------------------------------------------------------------------------------- forward
     def forward(
@@ -128,6 +136,7 @@ class Flamingo(PretrainedModel, nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         media: torch.Tensor | None = None,  # precomputed visual tokens instead of pixel_values
+        frame_mask: torch.Tensor | None = None,  # (B, T_img, F) real frames, when media of different lengths mix
         output_hidden_states: bool = False,  # the LM's hidden states (embeddings, then each layer), as transformers
         return_dict: bool = True,  # False: the tuple of the output's fields that are set
         **extra: object,
@@ -141,7 +150,7 @@ class Flamingo(PretrainedModel, nn.Module):
             document_ids = (cache.last_doc.unsqueeze(1).expand(B, L) if cache is not None
                             else torch.zeros_like(input_ids))
 
-        new_media = self.encode_media(pixel_values) if pixel_values is not None else media
+        new_media = self.encode_media(pixel_values, frame_mask) if pixel_values is not None else media
         past_media = cache.media if cache is not None else None
         # Images of this chunk: numbered after those already in the cache.
         start_time = cache.last_time if cache is not None else torch.zeros(B, dtype=torch.long, device=device)

@@ -69,7 +69,7 @@ class FlamingoProcessor:
         return torch.stack([self.load_image(f, f"{where} frame {k}") for k, f in enumerate(frames)])
 
     # ------------------------------------------------------------------------------------------------- call
-    model_input_names = ["input_ids", "attention_mask", "pixel_values"]
+    model_input_names = ["input_ids", "attention_mask", "pixel_values", "frame_mask"]
 
     def __call__(
         self,
@@ -147,9 +147,11 @@ class FlamingoProcessor:
             length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         input_ids, attention_mask = pad_sequences(rows, self.pad_token_id, side, length=length)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        pixel_values = stack_media(tensors)
+        pixel_values, frame_mask = stack_media(tensors)
         if pixel_values is not None:
             batch["pixel_values"] = pixel_values
+        if frame_mask is not None:  # images beside videos, or videos of different lengths
+            batch["frame_mask"] = frame_mask
         return BatchFeature(batch)
 
     @staticmethod

@@ -5,7 +5,9 @@
 - :class:`MLPResampler` and :class:`TransformerResampler`: the paper's ablation alternatives (Table 3).
 
 All take features (B, T_img, F, N, D) — T_img media per sample, F frames per medium (1 for images), N features
-per frame — and return visual tokens (B, T_img, n_tokens, D).
+per frame — and return visual tokens (B, T_img, n_tokens, D). A batch that mixes media of different frame counts
+(an image beside a video) pads them to F frames and passes ``frame_mask`` (B, T_img, F), True on real frames: the
+padded frames are never read, so a medium gives the same visual tokens as in a batch of its own.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, M, D) features; latents: (B, T, n, D)
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, T, M, D) features; latents: (B, T, n, D); key_mask: (B, T, M) True where a feature may be read
         B, T, n, _ = latents.shape
         x = self.norm_media(x)
         latents = self.norm_latents(latents)
@@ -41,7 +43,10 @@ class PerceiverAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, S, H*d) -> (B*T, H, S, d)
             return t.reshape(B * T, t.shape[2], self.heads, -1).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (B*T, H, n, d)
+        mask = None
+        if key_mask is not None:  # the latents are always keys; the features of padded frames never are
+            mask = torch.cat([key_mask, key_mask.new_ones(B, T, n)], dim=2).reshape(B * T, 1, 1, -1)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)  # (B*T, H, n, d)
         out = out.transpose(1, 2).reshape(B, T, n, -1)
         return self.to_out(out)
 
@@ -61,7 +66,8 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.num_tokens = num_latents
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F, N, D) -> (B, T, n, D)
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, T, F, N, D), frame_mask: (B, T, F) -> (B, T, n, D)
         B, T, Fr, N, D = x.shape
         if self.frame_embs is not None:
             if Fr > self.frame_embs.shape[0]:
@@ -69,9 +75,10 @@ class PerceiverResampler(nn.Module):
                                  f"{self.frame_embs.shape[0]}; raise max_frames in the config")
             x = x + self.frame_embs[:Fr].view(1, 1, Fr, 1, D).to(x.dtype)
         x = x.reshape(B, T, Fr * N, D)  # flatten frames: the latents see every frame at once
+        key_mask = None if frame_mask is None else frame_mask.repeat_interleave(N, dim=2)  # (B, T, F*N)
         latents = self.latents.to(x.dtype).expand(B, T, -1, -1)
         for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
+            latents = attn(x, latents, key_mask) + latents
             latents = ff(latents) + latents
         return self.norm(latents)
 
@@ -87,11 +94,17 @@ class MLPResampler(nn.Module):
                                  nn.Linear(dim * ff_mult, dim * num_latents))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F, N, D) -> (B, T, n, D)
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, T, F, N, D), frame_mask: (B, T, F) -> (B, T, n, D)
         B, T, Fr, N, D = x.shape
         if self.frame_embs is not None:
             x = x + self.frame_embs[:Fr].view(1, 1, Fr, 1, D).to(x.dtype)
-        pooled = x.mean(dim=(2, 3))  # (B, T, D)
+        if frame_mask is None:
+            pooled = x.mean(dim=(2, 3))  # (B, T, D)
+        else:  # the mean over the real frames only
+            weights = frame_mask.to(x.dtype)[..., None, None]  # (B, T, F, 1, 1)
+            count = frame_mask.sum(dim=2, keepdim=True).to(x.dtype) * N  # (B, T, 1) features read
+            pooled = (x * weights).sum(dim=(2, 3)) / count.clamp(min=1)  # (B, T, D)
         return self.norm(self.mlp(pooled).view(B, T, self.num_tokens, D))
 
 
@@ -112,13 +125,18 @@ class TransformerResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.num_tokens = num_latents
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F, N, D) -> (B, T, n, D)
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, T, F, N, D), frame_mask: (B, T, F) -> (B, T, n, D)
         B, T, Fr, N, D = x.shape
         if self.frame_embs is not None:
             x = x + self.frame_embs[:Fr].view(1, 1, Fr, 1, D).to(x.dtype)
         x = x.reshape(B * T, Fr * N, D)
         latents = self.latents.to(x.dtype).expand(B * T, -1, -1)
-        out = self.encoder(torch.cat([latents, x], dim=1))[:, : self.num_tokens]
+        padding = None  # (B*T, n + F*N), True where a token is padding and must not be attended to
+        if frame_mask is not None:
+            real = frame_mask.reshape(B * T, Fr).repeat_interleave(N, dim=1)
+            padding = torch.cat([real.new_ones(B * T, self.num_tokens), real], dim=1).logical_not()
+        out = self.encoder(torch.cat([latents, x], dim=1), src_key_padding_mask=padding)[:, : self.num_tokens]
         return self.norm(out).view(B, T, self.num_tokens, D)
 
 
