@@ -49,3 +49,23 @@ def test_a_mixed_batch_generates_what_each_row_generates_alone(use_cache):
         assert beams[row, -want_beams.shape[0]:].tolist() == want_beams.tolist()
         real = batch["attention_mask"][row].bool()
         torch.testing.assert_close(logits[row, real], model(**alone).logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_training_task_passes_the_frame_mask():
+    """A training batch that mixes an image and a video gives each sample's loss as if it were alone."""
+    from frozenvl.tasks import FlamingoCollator
+    from frozenvl.tasks.flamingo import FlamingoTask
+
+    model, processor = tiny_flamingo(open_gates=True)
+    task = FlamingoTask.__new__(FlamingoTask)  # the loss needs only the model
+    task.model = model
+    samples = [{"key": "a", "kind": "pair", "text": "<image>a red square<|endofchunk|>", "images": [images(1)[0]]},
+               {"key": "b", "kind": "video", "text": "<image>a moving circle<|endofchunk|>", "images": [_video(6, 3)]}]
+    batch = FlamingoCollator(processor)(samples)
+    assert "frame_mask" in batch
+    with torch.no_grad():
+        mixed = task.loss(model, batch)["loss"]
+        alone = [task.loss(model, FlamingoCollator(processor)([s]))["loss"] for s in samples]
+        tokens = [FlamingoCollator(processor)([s])["attention_mask"].sum() - 1 for s in samples]
+    # the batch loss is the token-weighted mean of the two rows' losses (both masks drop the <image> target)
+    assert torch.isclose(mixed, sum(a * n for a, n in zip(alone, tokens)) / sum(tokens), atol=1e-4)

@@ -121,6 +121,8 @@ class FlamingoTask(ModelTask):
             kwargs["pixel_values"] = batch["pixel_values"].to(device)  # (B, T_img, [F,] C, H, W)
         if batch.get("document_ids") is not None:
             kwargs["document_ids"] = batch["document_ids"].to(device)
+        if batch.get("frame_mask") is not None:  # media of different frame counts in one batch
+            kwargs["frame_mask"] = batch["frame_mask"].to(device)
         out = model(input_ids, labels=input_ids, **kwargs)
         tokens = kwargs["attention_mask"].sum()
         return {"loss": out.loss, "tokens": tokens}
