@@ -244,3 +244,19 @@ def test_push_to_hub_commits_to_a_branch_it_creates(tmp_path, offline, monkeypat
     assert hub.calls == [("create_repo", "org/name", None, True, None),
                          ("create_branch", "org/name", "v1", True),
                          ("upload_folder", "org/name", "v1", "first run")]
+
+
+def test_push_to_hub_shows_the_training_config_it_is_given(tmp_path, offline, monkeypatch):
+    """The run config (a config dataclass, as load_config returns) appears in the card as the YAML it reads back."""
+    import yaml
+
+    from frozenvl.train.config import RunConfig
+
+    hub = StandInHub(tmp_path, monkeypatch)
+    model, _, _ = tiny("flame")
+    run = RunConfig.from_dict({"data": {"datasets": [{"name": "pairs", "shards": "pairs-{0..3}.tar"}]},
+                               "optim": {"lr": 3e-4}, "train": {"steps": 7}})
+    model.push_to_hub("org/name", training_config=run)
+    card = ModelCard.load(hub.uploaded / "README.md")
+    training = card.text.split("## Training")[1].split("```yaml")[1].split("```")[0]
+    assert RunConfig.from_dict(yaml.safe_load(training)) == run

@@ -132,11 +132,11 @@ def resolve_folder(name_or_folder: str | os.PathLike, *, revision: str | None = 
 CARD_SOURCES = {"lm": "language model", "vision": "vision encoder"}
 
 
-def model_card(model: PretrainedModel, repo_id: str) -> Any:
+def model_card(model: PretrainedModel, repo_id: str, training_config: Any = None) -> Any:
     """The ``huggingface_hub.ModelCard`` that :meth:`PretrainedModel.push_to_hub` uploads as ``README.md``: the
     metadata (``library_name: frozenvl``, the model type as a tag), what the model is, the frozen backbones it
-    loads by source, how to load it, and its config. Nothing is said of training: a model's config does not
-    record how it was trained."""
+    loads by source, how to load it, its config, and the training config when one is given (a model's config does
+    not record how it was trained: pass the run's config, e.g. ``load_config(run_dir / "config.yaml")``)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     cls = type(model)
@@ -156,6 +156,12 @@ def model_card(model: PretrainedModel, repo_id: str) -> Any:
     lines += ["", "## Usage", "", "```python", f"from {module} import {cls.__name__}", "",
               f'model = {cls.__name__}.from_pretrained("{repo_id}")', "```", "",
               "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    if training_config is not None:
+        import yaml
+
+        run = training_config if isinstance(training_config, dict) else to_dict(training_config)
+        lines += ["## Training", "", "The run config it was trained with (`frozenvl train --config`):", "",
+                  "```yaml", yaml.safe_dump(run, sort_keys=False).rstrip(), "```", ""]
     data = ModelCardData(library_name="frozenvl", tags=["frozenvl", model.model_type])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
@@ -216,10 +222,12 @@ class PretrainedModel:
         return model
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
-                    commit_message: str | None = None, revision: str | None = None) -> Any:
+                    commit_message: str | None = None, revision: str | None = None,
+                    training_config: Any = None) -> Any:
         """Upload the model to the Hub repo ``repo_id``, created if missing (``private``: its visibility then):
         the two files of :meth:`save_pretrained` and a generated model card, ``README.md`` (see
-        :func:`model_card`). ``revision``: the branch to commit to, created if missing. Returns the commit's
+        :func:`model_card`; ``training_config``: the run config, a config dataclass or a mapping, shown in the card).
+        ``revision``: the branch to commit to, created if missing. Returns the commit's
         ``huggingface_hub.CommitInfo``. ``Class.from_pretrained(repo_id)`` loads it back."""
         from huggingface_hub import HfApi
 
@@ -227,7 +235,7 @@ class PretrainedModel:
             folder = Path(tmp) / "model"
             self.save_pretrained(folder)
             # Written before the repo is created: a model whose card cannot be made leaves no empty repo behind.
-            model_card(self, repo_id).save(str(folder / "README.md"))
+            model_card(self, repo_id, training_config).save(str(folder / "README.md"))
             api = HfApi(token=token, library_name="frozenvl")
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # "name" -> "user/name"
             if revision is not None:
