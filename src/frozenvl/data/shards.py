@@ -6,7 +6,9 @@ the same samples give byte-identical shards (deterministic synthetic data).
 
 Reader: groups consecutive members by key (the webdataset convention: `dir/name.ext.ext2` has key `dir/name` and
 extension `ext.ext2`) and yields `{"__key__": ..., ext: bytes, ...}`. Missing, unreadable and truncated shards are
-counted, never raised.
+counted, never raised. A shard is a local path or a URL that webdataset's opener (``gopen``) streams:
+``pipe:COMMAND`` (the command's output), ``http(s)://`` (through curl), ``gs://`` ...; a URL that cannot be read
+is counted like an unreadable local shard, with the opener's error.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -112,23 +115,71 @@ class ShardWriter:
             self.abort()
 
 
+# A shard given as a URL: "pipe:cmd ...", or "scheme://..." (local paths may be written file://).
+_URL = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def is_url(spec: str) -> bool:
+    """True for a shard that webdataset's opener streams (``pipe:``, ``http://``, ...), not a local path."""
+    return bool(_URL.match(spec)) and not spec.startswith("file://")
+
+
+def _expand_braces(spec: str) -> list[str]:
+    """``data-{000000..000009}.tar`` -> the ten names (zero padding kept); other strings as they are."""
+    if "{" not in spec or ".." not in spec:
+        return [spec]
+    head, rest = spec.split("{", 1)
+    rng, tail = rest.split("}", 1)
+    lo, hi = rng.split("..")
+    width = len(lo)
+    return [name for i in range(int(lo), int(hi) + 1) for name in _expand_braces(f"{head}{i:0{width}d}{tail}")]
+
+
 def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
-    """Shard list from a directory, a glob, a brace range `data-{000000..000009}.tar`, or a list of those."""
+    """Shard list from a directory, a glob, a brace range `data-{000000..000009}.tar`, a URL (brace ranges
+    expanded, nothing globbed: ``pipe:curl -s https://host/data-{000..009}.tar``), or a list of those."""
     if isinstance(spec, str | Path):
         spec = str(spec)
+        if spec.startswith("file://"):
+            spec = spec[len("file://"):]
+        if is_url(spec):
+            return _expand_braces(spec)
         if os.path.isdir(spec):
             return sorted(glob.glob(os.path.join(spec, "*.tar")))
         if "{" in spec and ".." in spec:
-            head, rest = spec.split("{", 1)
-            rng, tail = rest.split("}", 1)
-            lo, hi = rng.split("..")
-            width = len(lo)
-            names = [f"{head}{i:0{width}d}{tail}" for i in range(int(lo), int(hi) + 1)]
-            return [p for name in names for p in expand_shards(name)]
+            return [p for name in _expand_braces(spec) for p in expand_shards(name)]
         if any(c in spec for c in "*?["):
             return sorted(glob.glob(spec))
         return [spec]
     return [p for s in spec for p in expand_shards(s)]
+
+
+class _TailRecorder:
+    """A read-only stream that remembers the bytes it passed from a given offset on, so that a streamed tar
+    (which cannot be read again) can be checked for its end-of-archive marker."""
+
+    def __init__(self, stream, keep: int = 1 << 16):
+        self.stream, self.keep = stream, keep
+        self.offset = 0  # bytes passed so far
+        self.tail = bytearray()  # the last `keep` bytes passed
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.offset += len(data)
+        self.tail = (self.tail + data)[-self.keep:]
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def has_end_marker(self, end: int) -> bool:
+        """Were two zero blocks passed right at ``end`` (an uncompressed tar's end)?"""
+        start = self.offset - len(self.tail)
+        if self.tail[:2] == b"\x1f\x8b" and start == 0:
+            return True  # compressed: gzip's own checks catch truncation
+        if not start <= end <= self.offset - 1024:
+            return False
+        return bytes(self.tail[end - start:end - start + 1024]) == bytes(1024)
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -143,13 +194,19 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[dict[str, bytes | str]]:
     """Yield raw samples of one shard in order; bad shards and members are counted, never raised."""
     skips = skips if skips is not None else SkipCounter()
-    if not os.path.exists(path):
+    url = is_url(str(path))
+    if not url and not os.path.exists(path):
         skips.add("missing_shard", str(path))
         return
     current: dict[str, bytes | str] | None = None
     n_members = 0
+    stream = None
     try:
-        with tarfile.open(path, "r|*") as tar:  # streaming mode: no seek, constant memory
+        if url:
+            from webdataset.gopen import gopen
+
+            stream = _TailRecorder(gopen(str(path), "rb"))
+        with tarfile.open(path if stream is None else None, "r|*", fileobj=stream) as tar:  # streaming: no seek
             for info in tar:
                 if not info.isfile():
                     continue
@@ -170,14 +227,29 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                     current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
             end = tar.offset
-        if n_members and not _has_end_marker(path, end):
+        if stream is not None:
+            stream.close()  # a pipe's exit status is checked here: a failed command is an unreadable shard
+        marked = stream.has_end_marker(end) if stream is not None else _has_end_marker(path, end)
+        if n_members and not marked:
             # Cut at a member boundary: tarfile sees a clean end. The last sample may be incomplete: drop it.
             raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as e:
         # The sample being assembled when the cut came is incomplete: it is dropped, the ones before were kept.
+        error: BaseException = e
+        if stream is not None:  # a command or download that failed explains the broken stream: its exit status
+            try:
+                stream.close()
+            except OSError as status:
+                error = status
         reason = "truncated_shard" if n_members else "unreadable_shard"
-        skips.add(reason, f"{path}: {type(e).__name__}: {e}")
+        skips.add(reason, f"{path}: {type(error).__name__}: {error}")
         return
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass  # already counted above (or the shard was read whole and its status checked)
     if current is not None:
         yield current
 
