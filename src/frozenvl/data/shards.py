@@ -173,7 +173,10 @@ class _TailRecorder:
         self.stream.close()
 
     def has_end_marker(self, end: int) -> bool:
-        """Were two zero blocks passed right at ``end`` (an uncompressed tar's end)?"""
+        """Are there two zero blocks right at ``end`` (an uncompressed tar's end)? tarfile stops reading at the
+        first one, and a pipe may have delivered no more than that: read on to the second."""
+        while self.offset < end + 1024 and self.read(end + 1024 - self.offset):
+            pass
         start = self.offset - len(self.tail)
         if self.tail[:2] == b"\x1f\x8b" and start == 0:
             return True  # compressed: gzip's own checks catch truncation
@@ -227,9 +230,9 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                     current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
             end = tar.offset
+        marked = stream.has_end_marker(end) if stream is not None else _has_end_marker(path, end)
         if stream is not None:
             stream.close()  # a pipe's exit status is checked here: a failed command is an unreadable shard
-        marked = stream.has_end_marker(end) if stream is not None else _has_end_marker(path, end)
         if n_members and not marked:
             # Cut at a member boundary: tarfile sees a clean end. The last sample may be incomplete: drop it.
             raise tarfile.ReadError("no end-of-archive marker")
