@@ -101,3 +101,19 @@ def tiny_flamingo(family: str = "llama", seed: int = 0, open_gates: bool = False
 def images(n: int, seed: int = 0, size: int = 32) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(3, size, size, generator=g) for _ in range(n)]
+
+
+@torch.no_grad()
+def gap_to_frozen_lm(model, processor, reference, text: str, media: list) -> tuple[float, float]:
+    """How far a Flamingo's logits are from its frozen LM's (``reference``, a copy taken before wrapping): the
+    largest difference over the LM's own vocabulary (rows that became new tokens aside), on ``text`` with its
+    ``media`` (the new tokens embedded by the Flamingo, since the reference has no row for them) and on plain
+    words without any new token. A fresh Flamingo (gates at 0) must give (0, 0) up to rounding."""
+    batch = processor([text], [media])
+    embeds = model.lm.get_input_embeddings()(batch["input_ids"])
+    ref = reference(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    new_ids = model.lm.get_output_embeddings().new_token_ids
+    keep = [i for i in range(ref.shape[-1]) if i not in new_ids]
+    plain = processor(["just some words"])
+    return ((model(**batch).logits[..., keep] - ref[..., keep]).abs().max().item(),
+            (model(**plain).logits[..., keep] - reference(**plain).logits[..., keep]).abs().max().item())

@@ -7,7 +7,15 @@ from frozenvl.backbones.language import find_decoder_layers
 from frozenvl.constants import WEIGHTS_NAME
 from frozenvl.flamingo import Flamingo
 from frozenvl.testing import TINY_FLAMINGO as TINY
-from frozenvl.testing import TINY_LM_FAMILIES, images, tiny_flamingo, tiny_lm, tiny_tokenizer, tiny_vision
+from frozenvl.testing import (
+    TINY_LM_FAMILIES,
+    gap_to_frozen_lm,
+    images,
+    tiny_flamingo,
+    tiny_lm,
+    tiny_tokenizer,
+    tiny_vision,
+)
 
 TEXT = "a dog<image>a cat sat<|endofchunk|> then<image>on the mat<|endofchunk|>"
 
@@ -19,17 +27,10 @@ def test_init_reproduces_frozen_lm(family):
     lm = tiny_lm(family, seed=1)
     reference = copy.deepcopy(lm)  # the frozen LM before any wrapping
     model, proc = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), **TINY)
-    batch = proc([TEXT], [images(2)])
-    out = model(**batch)
-    embeds = model.lm.get_input_embeddings()(batch["input_ids"])  # new tokens have no row in the reference
-    ref = reference(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
-    # Every logit of the LM's own vocabulary (Qwen2's padded rows that became new tokens aside) is unchanged.
-    new_ids = model.lm.get_output_embeddings().new_token_ids
-    keep = [i for i in range(ref.shape[-1]) if i not in new_ids]
-    assert (out.logits[..., keep] - ref[..., keep]).abs().max().item() <= 1e-5
-    # Plain text (no new tokens at all) goes through the same path.
-    text = proc(["just some words"])
-    assert (model(**text).logits[..., keep] - reference(**text).logits[..., keep]).abs().max().item() <= 1e-5
+    # Every logit of the LM's own vocabulary (Qwen2's padded rows that became new tokens aside) is unchanged,
+    # with images and on plain text (no new tokens at all).
+    with_images, plain_text = gap_to_frozen_lm(model, proc, reference, TEXT, images(2))
+    assert with_images <= 1e-5 and plain_text <= 1e-5
 
 
 @pytest.mark.parametrize("family", TINY_LM_FAMILIES)

@@ -15,7 +15,7 @@ from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.flamingo import Flamingo, FlamingoConfig, build
 from frozenvl.flamingo.lora import lora_modules
 from frozenvl.testing import TINY_FLAMINGO as TINY
-from frozenvl.testing import images, tiny_flamingo, tiny_lm, tiny_tokenizer, tiny_vision
+from frozenvl.testing import gap_to_frozen_lm, images, tiny_flamingo, tiny_lm, tiny_tokenizer, tiny_vision
 
 FAMILIES = ("llama", "gpt2")
 LORA = dict(lora_rank=4, lora_alpha=8.0)
@@ -41,15 +41,8 @@ def test_fresh_model_with_lora_equals_the_frozen_lm(family):
     assert len(lora) == 2 * n_layers * len(DEFAULT_TARGETS[family])  # A and B per targeted layer
     assert all(p.abs().sum() > 0 for n, p in lora.items() if ".lora_A." in n)
     assert all(torch.count_nonzero(p) == 0 for n, p in lora.items() if ".lora_B." in n)  # B starts at zero
-    batch = proc([TEXT], [images(2)])
-    out = model(**batch)
-    embeds = model.lm.get_input_embeddings()(batch["input_ids"])  # new tokens have no row in the reference
-    ref = reference(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
-    new_ids = model.lm.get_output_embeddings().new_token_ids
-    keep = [i for i in range(ref.shape[-1]) if i not in new_ids]
-    assert (out.logits[..., keep] - ref[..., keep]).abs().max().item() <= 1e-5
-    text = proc(["just some words"])
-    assert (model(**text).logits[..., keep] - reference(**text).logits[..., keep]).abs().max().item() <= 1e-5
+    with_images, plain_text = gap_to_frozen_lm(model, proc, reference, TEXT, images(2))
+    assert with_images <= 1e-5 and plain_text <= 1e-5
 
 
 @pytest.mark.parametrize("family", FAMILIES)
