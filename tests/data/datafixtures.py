@@ -63,3 +63,18 @@ def write_pages(out_dir, n: int, per_shard: int, n_images: int = 3) -> list[str]
                 imgs += [solid((j * 40, i % 256, 0), 8), None]
             w.write(interleaved_sample(f"page{i:05d}", texts, imgs))
     return [str(p) for p in w.shards]
+
+
+def interrupted_run(make_loader, batches: int):
+    """Take ``batches`` batches from a fresh loader, save its state there, and continue a second fresh loader from
+    that state: (the keys read before the stop, the keys read after, the resumed loader, the saved state)."""
+    loader = make_loader()
+    head = []
+    for i, batch in enumerate(loader):
+        head += [s["key"] for s in batch]
+        if i == batches - 1:
+            state = loader.state_dict()
+            break
+    resumed = make_loader()
+    resumed.load_state_dict(state)
+    return head, [s["key"] for batch in resumed for s in batch], resumed, state

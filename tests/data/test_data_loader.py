@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datafixtures import fake_processor, solid, write_pages, write_pairs
+from datafixtures import fake_processor, interrupted_run, solid, write_pages, write_pairs
 
 from frozenvl.data import (
     LoaderConfig,
@@ -56,16 +56,8 @@ def test_resume_yields_exactly_the_remaining_samples(tmp_path, workers):
     cfg = LoaderConfig(seed=5, shuffle_buffer=8)
     full = keys(StreamingLoader(ShardDataset(tmp_path, cfg), 4, num_workers=workers))
 
-    loader = StreamingLoader(ShardDataset(tmp_path, cfg), 4, num_workers=workers)
-    head = []
-    for i, batch in enumerate(loader):
-        head += [s["key"] for s in batch]
-        if i == 3:
-            state = loader.state_dict()
-            break
-    resumed = StreamingLoader(ShardDataset(tmp_path, cfg), 4, num_workers=workers)
-    resumed.load_state_dict(state)
-    tail = keys(resumed)
+    head, tail, resumed, state = interrupted_run(
+        lambda: StreamingLoader(ShardDataset(tmp_path, cfg), 4, num_workers=workers), 4)
     assert head + tail == full  # same order, nothing repeated, nothing lost
     assert len(head) == 16 and resumed.epoch == 1
     assert sorted(keys(resumed)) == sorted(full)  # and the next epoch is whole again
