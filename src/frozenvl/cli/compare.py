@@ -112,6 +112,7 @@ def embed_pairs(config: ComparisonConfig, world: Path, encoder) -> dict[str, Any
 
 def run_config(config: ComparisonConfig, kind: str, world: Path, store: str):
     """The engine's run config of one model: everything but ``model`` is the same for both."""
+    from frozenvl.data.synth import split_glob
     from frozenvl.train.config import RunConfig
 
     tower = {"preset": config.preset, "image_size": config.image_size, "vision": dict(config.vision),
@@ -122,7 +123,7 @@ def run_config(config: ComparisonConfig, kind: str, world: Path, store: str):
         options = {**tower, "text": dict(config.text), "tokenizer": dict(config.tokenizer), "caption": "caption"}
     return RunConfig.from_dict({
         "model": {"kind": kind, kind: options},
-        "data": {"datasets": [{"name": "pairs", "shards": str(world / "train" / "pairs-*.tar"),
+        "data": {"datasets": [{"name": "pairs", "shards": split_glob(world, "pairs"),
                                "batch_size": config.batch_size}],
                  "seed": config.seed, "shuffle_buffer": 512},
         "optim": {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps,

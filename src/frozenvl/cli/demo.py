@@ -80,6 +80,8 @@ def _pair_shards(world: Path) -> list[str]:
 
 def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str, Any]:
     """The run config of the demo's Flamingo: written beside the run, loadable with ``frozenvl train``."""
+    from frozenvl.data.synth import split_glob
+
     pairs = _pair_shards(world)
     return {
         "model": {
@@ -93,9 +95,9 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
             "mixing": "accumulate",
             "datasets": [
                 {"name": "pairs", "shards": pairs[1:], "weight": 1.0, "batch_size": plan.pairs_batch},
-                {"name": "interleaved", "shards": str(world / "train" / "interleaved-*.tar"), "weight": 1.0,
+                {"name": "interleaved", "shards": split_glob(world, "interleaved"), "weight": 1.0,
                  "batch_size": 1, "max_images": 2, "max_tokens": 128, "single_image_drop_prob": 0.5},
-                {"name": "video", "shards": str(world / "train" / "video-*.tar"), "weight": 0.5, "batch_size": 1},
+                {"name": "video", "shards": split_glob(world, "video"), "weight": 0.5, "batch_size": 1},
             ],
             "eval_datasets": [{"name": "pairs", "shards": pairs[:1], "batch_size": 16}],
             "eval_batches": 2,

@@ -441,6 +441,12 @@ def split_folder(split: str) -> str:
     return "train" if split in TRAIN_SPLITS else "eval"
 
 
+def split_glob(world: str | Path, split: str) -> str:
+    """The glob of a split's shards in a world folder (``<world>/train/pairs-*.tar``), e.g. for a run config
+    written before the world exists."""
+    return str(Path(world) / split_folder(split) / f"{split}-*.tar")
+
+
 def split_size(config: WorldConfig, split: str) -> int:
     if split == "icl_words":
         return config.n_episodes * (config.n_way * config.k_shot + config.n_query)
