@@ -92,3 +92,26 @@ def test_resume_over_remote_shards_yields_exactly_the_remaining_samples(tmp_path
     head, tail, resumed, _ = interrupted_run(lambda: StreamingLoader(ShardDataset(spec, cfg), 4, num_workers=2), 4)
     assert head + tail == full
     assert resumed.skips.total == 0  # every streamed shard was read whole (its end-of-archive marker found)
+
+
+def test_a_gzipped_shard_larger_than_the_recorded_tail_is_read_whole(tmp_path):
+    """gzip's own checks catch a cut compressed stream: a whole .tar.gz (here 200 KB of incompressible members,
+    more than the bytes the reader keeps for the end-marker check) is not taken for truncated, locally or piped."""
+    import gzip
+    import io
+    import os
+
+    path = tmp_path / "big.tar.gz"
+    with gzip.open(path, "wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for i in range(4):
+            for ext, data in (("bin", os.urandom(50_000)), ("txt", f"sample {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert path.stat().st_size > 1 << 16
+    for spec in (str(path), f"pipe:cat {path}"):
+        skips = SkipCounter()
+        assert _keys([spec], skips) == [f"s{i}" for i in range(4)] and skips.total == 0, spec
+    cut = SkipCounter()
+    assert len(_keys([f"pipe:head -c {path.stat().st_size // 2} {path}"], cut)) < 4
+    assert cut.counts["truncated_shard"] == 1

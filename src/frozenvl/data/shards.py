@@ -155,16 +155,19 @@ def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
 
 
 class _TailRecorder:
-    """A read-only stream that remembers the bytes it passed from a given offset on, so that a streamed tar
-    (which cannot be read again) can be checked for its end-of-archive marker."""
+    """A read-only stream that remembers its first bytes and the last ones it passed, so that a tar read in one
+    pass (a pipe or a download cannot be read again) can be checked for its end-of-archive marker."""
 
     def __init__(self, stream, keep: int = 1 << 16):
         self.stream, self.keep = stream, keep
         self.offset = 0  # bytes passed so far
+        self.head = b""  # the first two bytes (gzip's magic number)
         self.tail = bytearray()  # the last `keep` bytes passed
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        if len(self.head) < 2:
+            self.head += data[: 2 - len(self.head)]
         self.offset += len(data)
         self.tail = (self.tail + data)[-self.keep:]
         return data
@@ -177,9 +180,9 @@ class _TailRecorder:
         first one, and a pipe may have delivered no more than that: read on to the second."""
         while self.offset < end + 1024 and self.read(end + 1024 - self.offset):
             pass
-        start = self.offset - len(self.tail)
-        if self.tail[:2] == b"\x1f\x8b" and start == 0:
+        if self.head == b"\x1f\x8b":
             return True  # compressed: gzip's own checks catch truncation
+        start = self.offset - len(self.tail)
         if not start <= end <= self.offset - 1024:
             return False
         return bytes(self.tail[end - start:end - start + 1024]) == bytes(1024)
@@ -209,7 +212,9 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
             from webdataset.gopen import gopen
 
             stream = _TailRecorder(gopen(str(path), "rb"))
-        with tarfile.open(path if stream is None else None, "r|*", fileobj=stream) as tar:  # streaming: no seek
+        else:
+            stream = _TailRecorder(open(path, "rb"))
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # streaming mode: no seek, constant memory
             for info in tar:
                 if not info.isfile():
                     continue
@@ -230,9 +235,8 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                     current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
             end = tar.offset
-        marked = stream.has_end_marker(end) if stream is not None else _has_end_marker(path, end)
-        if stream is not None:
-            stream.close()  # a pipe's exit status is checked here: a failed command is an unreadable shard
+        marked = stream.has_end_marker(end)
+        stream.close()  # a pipe's exit status is checked here: a failed command is an unreadable shard
         if n_members and not marked:
             # Cut at a member boundary: tarfile sees a clean end. The last sample may be incomplete: drop it.
             raise tarfile.ReadError("no end-of-archive marker")
@@ -255,12 +259,3 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                 pass  # already counted above (or the shard was read whole and its status checked)
     if current is not None:
         yield current
-
-
-def _has_end_marker(path: str | Path, offset: int) -> bool:
-    """True when an uncompressed tar has its two zero blocks right after the last member."""
-    with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":
-            return True  # compressed: gzip's own checks catch truncation
-        f.seek(offset)
-        return f.read(1024) == bytes(1024)
