@@ -109,8 +109,8 @@ def test_facet_mask_by_hand():
     seg = torch.tensor([[-1, 0, 1]])
     allowed = (facet_attention_mask(seg, torch.float32)[0, 0] == 0).int().tolist()
     assert allowed == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
-    leaky = (facet_attention_mask(seg, torch.float32, leak_padding=True)[0, 0] == 0).int().tolist()
-    assert leaky[2] == [1, 1, 1]
+    leaky = (facet_attention_mask(seg, torch.float32, official="eager")[0, 0] == 0).int().tolist()
+    assert leaky[2] == [1, 1, 1] and leaky[0] == [0, 0, 0]  # the official mask: padding rows blank
 
 
 def test_layer_default_is_penultimate_block_output():

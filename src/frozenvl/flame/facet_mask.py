@@ -27,6 +27,8 @@ from frozenvl.tensors import check_padding_side, pad_sequences
 
 PAD_SEGMENT = -1
 PREFIX_SEGMENT = 0
+# How the official FLAME code's blank padding rows behave, by the attention backend it ran on (transformers 4.43).
+OFFICIAL_BACKENDS = ("sdpa", "eager")
 
 
 @dataclass
@@ -45,25 +47,33 @@ def segment_ids(prefix_lengths: list[int], segment_lengths: list[int], length: i
     return pad_sequences(rows, PAD_SEGMENT, "left" if left_pad else "right", length)[0]
 
 
-def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, leak_padding: bool = False) -> torch.Tensor:
+def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, official: str | None = None) -> torch.Tensor:
     """(B, L) segment ids -> (B, 1, L, L) additive float mask (see the module docstring for the rules).
 
-    ``leak_padding=True`` reproduces the official FLAME code, which masks padding *queries* but lets real
-    tokens attend to padding keys (embeddings then depend on how much padding a batch has).
+    ``official`` reproduces the mask of the official FLAME code (``OFFICIAL_BACKENDS``): real queries attend
+    causally to padding keys too (the embeddings then depend on how much padding a batch has), and padding query
+    rows are blanked entirely. What a blank row then computes depends on the attention backend the official code
+    ran on (transformers 4.43): ``"sdpa"`` (its default on CUDA) unmasks a fully masked row
+    (``AttentionMaskConverter._unmask_unattended``), so a padding query attends to every key of its row by score;
+    ``"eager"`` (eager attention, or SDPA on CPU) keeps it, so a padding query attends evenly to every key. The
+    padding rows matter because real tokens attend to them in the next layers.
     """
+    if official is not None and official not in OFFICIAL_BACKENDS:
+        raise ValueError(f"official must be one of {OFFICIAL_BACKENDS} or None, got {official!r}")
     length = segments.shape[1]
     q_seg = segments[:, :, None]  # (B, L, 1)
     k_seg = segments[:, None, :]  # (B, 1, L)
+    q_pad = q_seg == PAD_SEGMENT  # (B, L, 1)
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()  # (L, L)
     same_or_prefix = (k_seg == PREFIX_SEGMENT) | (k_seg == q_seg)  # (B, L, L)
-    if leak_padding:
-        same_or_prefix = same_or_prefix | (k_seg == PAD_SEGMENT)
-    allowed = causal & same_or_prefix & (q_seg != PAD_SEGMENT)
-    if not leak_padding:
-        allowed = allowed & (k_seg != PAD_SEGMENT)
-    # A padding query sees only itself, so no row is fully masked (its output is never read).
-    eye = torch.eye(length, dtype=torch.bool, device=segments.device)
-    allowed = allowed | (eye & (q_seg == PAD_SEGMENT))
+    if official is None:
+        allowed = causal & same_or_prefix & (k_seg != PAD_SEGMENT) & ~q_pad
+        # A padding query sees only itself, so no row is fully masked (its output is never read).
+        allowed = allowed | (torch.eye(length, dtype=torch.bool, device=segments.device) & q_pad)
+    else:
+        allowed = causal & (same_or_prefix | (k_seg == PAD_SEGMENT)) & ~q_pad  # padding rows blank
+        if official == "sdpa":
+            allowed = allowed | q_pad  # the blank rows unmasked: every key of the row
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, L, L)
 
@@ -74,14 +84,17 @@ def pack_facets(
     pad_id: int,
     dtype: torch.dtype,
     padding_side: str = "right",
-    official_compat: bool = False,
+    official: str | None = None,
 ) -> PackedFacets:
     """Pack B token-id prefixes with the same K prompt segments into one FDA batch.
 
-    ``official_compat=True`` reproduces the official FLAME behaviour: padding keys leak into the mask and
-    positions run 0..L-1 over the padded row without restarting after the prefix.
+    ``official`` (``"sdpa"`` or ``"eager"``, see :func:`facet_attention_mask`) reproduces the official FLAME
+    code's batch: left padding, its mask, and positions 0..L-1 over the padded row without restarting after the
+    prefix.
     """
     left = check_padding_side(padding_side) == "left"
+    if official is not None and not left:
+        raise ValueError("the official FLAME layout pads on the left (its segment search relies on it)")
     seg_lengths = [len(s) for s in segments]
     tail = [t for s in segments for t in s]
     length = max(len(p) for p in prefixes) + len(tail)
@@ -98,9 +111,9 @@ def pack_facets(
         position_ids[b, start + len(prefix):start + n] = len(prefix) + seg_pos
         last_index[b] = start + len(prefix) + seg_ends
     seg = segment_ids([len(p) for p in prefixes], seg_lengths, length, left)
-    if official_compat:
+    if official is not None:
         position_ids = torch.arange(length).expand(batch, length).clone()
-    mask = facet_attention_mask(seg, dtype, leak_padding=official_compat)
+    mask = facet_attention_mask(seg, dtype, official)
     return PackedFacets(input_ids, position_ids, mask, last_index)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from frozenvl.flame.facet_mask import pack_facets, prefix_cache_masks
+from frozenvl.flame.facet_mask import OFFICIAL_BACKENDS, pack_facets, prefix_cache_masks
 from frozenvl.flame.prompts import PromptSet, clean_caption, load_prompt_set
 from frozenvl.tensors import pad_sequences
 
@@ -59,6 +59,17 @@ def _leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
+def _official_backend(official_compat: bool | str | None) -> str | None:
+    """``official_compat`` -> the official backend it reproduces (True: "sdpa", the official runs' default)."""
+    if official_compat is True:
+        return "sdpa"
+    if official_compat is False or official_compat is None:
+        return None
+    if official_compat not in OFFICIAL_BACKENDS:
+        raise ValueError(f"official_compat must be True, False or one of {OFFICIAL_BACKENDS}, got {official_compat!r}")
+    return official_compat
+
+
 class FacetTextEncoder:
     """Frozen LLM + prompt set -> (B, K, D) facet embeddings (not normalised)."""
 
@@ -70,14 +81,18 @@ class FacetTextEncoder:
         layer: int | None = None,
         max_length: int = 1024,
         mode: str = "fda",
-        padding_side: str = "right",
-        official_compat: bool = False,
+        padding_side: str | None = None,
+        official_compat: bool | str = False,
         source: str = "<instance>",
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if official_compat and mode != "fda":
+        official = _official_backend(official_compat)
+        if official and mode != "fda":
             raise ValueError("official_compat only applies to mode='fda'")
+        if official and padding_side == "right":
+            raise ValueError("official_compat pads on the left, as the official code does")
+        padding_side = padding_side or ("left" if official else "right")
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -90,7 +105,7 @@ class FacetTextEncoder:
             raise ValueError(f"layer must be in 1..{self.num_layers} (hidden_states index), got {self.layer}")
         self.mode = mode
         self.padding_side = padding_side
-        self.official_compat = official_compat
+        self.official_compat: str | bool = official or False  # "sdpa" | "eager" | False (recorded in stores)
         self.source = source
         # The official code pads with id 0; otherwise the id of padding never matters (it is masked out).
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -108,10 +123,15 @@ class FacetTextEncoder:
 
     @classmethod
     def from_source(cls, source: str = DEFAULT_LM, prompt_set: PromptSet | str = "long",
-                    dtype: torch.dtype = torch.float32, **kwargs) -> FacetTextEncoder:
+                    dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
+                    **kwargs) -> FacetTextEncoder:
+        """The encoder of the LM ``source`` (see :func:`frozenvl.backbones.language.load_causal_lm`), loaded in
+        ``dtype`` and moved to ``device`` (default: where it loads, the CPU)."""
         from frozenvl.backbones.language import load_causal_lm
 
         model, tokenizer = load_causal_lm(source, dtype=dtype)
+        if device is not None:
+            model.to(device)
         return cls(model, tokenizer, prompt_set, source=source if isinstance(source, str) else "<instance>",
                    **kwargs)
 
@@ -141,7 +161,8 @@ class FacetTextEncoder:
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str], mode: str | None = None, clean: bool = True) -> torch.Tensor:
-        """Captions -> (B, K, D) float32 facet embeddings (hidden state at the last token of each prompt)."""
+        """Captions -> (B, K, D) float32 facet embeddings on the CPU (hidden state at the last token of each
+        prompt; the LM runs on its own device, in its own dtype)."""
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -151,7 +172,7 @@ class FacetTextEncoder:
         if not prefixes:
             return torch.zeros(0, self.num_facets, self.hidden_size)
         run = {"fda": self._encode_fda, "prefix_cache": self._encode_prefix_cache, "naive": self._encode_naive}
-        return run[mode](prefixes).float()
+        return run[mode](prefixes).float().cpu()
 
     def _hidden(self, **inputs) -> tuple[torch.Tensor, object]:
         out = self.base(**inputs, output_hidden_states=True)
@@ -159,7 +180,7 @@ class FacetTextEncoder:
 
     def _encode_fda(self, prefixes: list[list[int]]) -> torch.Tensor:
         packed = pack_facets(prefixes, self._segments, self.pad_id, self.dtype, self.padding_side,
-                             official_compat=self.official_compat)
+                             official=self.official_compat or None)
         hidden, _ = self._hidden(input_ids=packed.input_ids.to(self.device),
                                  attention_mask=packed.attention_mask.to(self.device),
                                  position_ids=packed.position_ids.to(self.device), use_cache=False)
