@@ -119,10 +119,15 @@ class Flamingo(PretrainedModel, nn.Module):
             feats = self.vision(frames if real is None else frames[real])  # (B*T*F or real frames, N, D)
         if real is not None:  # padded frames stay zero: the resampler does not read them
             feats = feats.new_zeros(len(frames), *feats.shape[1:]).index_copy(0, real.nonzero().squeeze(1), feats)
-        feats = feats.reshape(B, T, Fr, *feats.shape[1:])  # (B, T, F, N, D)
+        return self.resample(feats.reshape(B, T, Fr, *feats.shape[1:]), frame_mask)  # (B, T, F, N, D) in
+
+    def resample(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The vision encoder's features (B, T_img, F, N, D) -> visual tokens (B, T_img, n, Dv): the projection
+        and the resampler. Fed by :meth:`encode_media`, or by a feature cache of a frozen encoder
+        (``forward(vision_features=...)``, :mod:`frozenvl.flamingo.feature_cache`)."""
         proj_dtype = next(self.resampler.parameters()).dtype
-        mask = None if frame_mask is None else frame_mask.to(feats.device)
-        return self.resampler(self.vision_proj(feats.to(proj_dtype)), mask)  # (B, T, n, Dv)
+        mask = None if frame_mask is None else frame_mask.to(features.device)
+        return self.resampler(self.vision_proj(features.to(proj_dtype)), mask)  # (B, T, n, Dv)
 
     # --------------------------------------------------------------------------------------------- forward
     def forward(
@@ -136,6 +141,7 @@ class Flamingo(PretrainedModel, nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         media: torch.Tensor | None = None,  # precomputed visual tokens instead of pixel_values
+        vision_features: torch.Tensor | None = None,  # (B, T_img, F, N, D) encoder outputs instead of pixel_values
         frame_mask: torch.Tensor | None = None,  # (B, T_img, F) real frames, when media of different lengths mix
         output_hidden_states: bool = False,  # the LM's hidden states (embeddings, then each layer), as transformers
         return_dict: bool = True,  # False: the tuple of the output's fields that are set
@@ -150,7 +156,12 @@ class Flamingo(PretrainedModel, nn.Module):
             document_ids = (cache.last_doc.unsqueeze(1).expand(B, L) if cache is not None
                             else torch.zeros_like(input_ids))
 
-        new_media = self.encode_media(pixel_values, frame_mask) if pixel_values is not None else media
+        if pixel_values is not None:
+            new_media = self.encode_media(pixel_values, frame_mask)
+        elif vision_features is not None:  # a frozen encoder's cached outputs
+            new_media = self.resample(vision_features, frame_mask)
+        else:
+            new_media = media
         past_media = cache.media if cache is not None else None
         # Images of this chunk: numbered after those already in the cache.
         start_time = cache.last_time if cache is not None else torch.zeros(B, dtype=torch.long, device=device)

@@ -29,6 +29,10 @@ class ModelConfig(Config):
     lm_lr: float | None = None  # None: optim.lr
     vision_lr: float | None = None
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in the backward pass
+    # kind "flamingo": the frozen vision encoder's outputs computed once per image and stored (fp16) for later
+    # epochs and runs (frozenvl.flamingo.feature_cache). None: on when the encoder is frozen (train_vision false)
+    feature_cache: bool | None = None
+    feature_cache_dir: str | None = None  # None: the user cache's features/ folder
     # kind "flamingo": start from the trainable weights of a saved Flamingo (save_pretrained folder or a training
     # checkpoint), e.g. a second training stage; the architecture in `flamingo` must match it
     init_from: str | None = None
@@ -48,6 +52,9 @@ class ModelConfig(Config):
             raise ConfigError(f"{where}.init_from is for model.kind flamingo, not {self.kind!r}")
         if self.kind == "flame":
             self.flame.check_store(f"{where}.flame")
+        if self.feature_cache and self.train_vision:
+            raise ConfigError(f"{where}.feature_cache needs a frozen vision encoder: {where}.train_vision is true, "
+                              "so the encoder's outputs change as it trains")
         for name in ("lm_lr", "vision_lr"):
             if getattr(self, name) is not None:
                 _positive(f"{where}.{name}", getattr(self, name))

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from frozenvl.files import cache_dir
 from frozenvl.flamingo import build
+from frozenvl.flamingo.feature_cache import FeatureCache
 from frozenvl.flamingo.lora import lora_modules
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.config import ModelConfig
@@ -62,8 +64,21 @@ def _load_vision(source: str):
     return source
 
 
+def _feature_cache(config: ModelConfig, vision: nn.Module) -> FeatureCache | None:
+    """``model.feature_cache`` (None: on when the vision encoder is frozen) in ``model.feature_cache_dir`` (None:
+    the user cache's ``features/``)."""
+    enabled = config.feature_cache if config.feature_cache is not None else not config.train_vision
+    if not enabled:
+        return None
+    root = config.feature_cache_dir if config.feature_cache_dir is not None else cache_dir("features")
+    return FeatureCache(root, vision)
+
+
 class FlamingoTask(ModelTask):
-    """Flamingo's objective on one dataset: the masked next-token NLL (docs/training.md)."""
+    """Flamingo's objective on one dataset: the masked next-token NLL (docs/training.md). With a frozen vision
+    encoder the resampler is fed from a feature cache (``model.feature_cache``; ``self.feature_cache.stats``)."""
+
+    feature_cache: FeatureCache | None = None
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -81,6 +96,7 @@ class FlamingoTask(ModelTask):
                 p.requires_grad_(True)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self.feature_cache = _feature_cache(config, self.model.vision)
         self.collate = FlamingoCollator(self.processor)
         self.tokenizer = tokenizer
         self.max_length = self.processor.max_length
@@ -117,12 +133,16 @@ class FlamingoTask(ModelTask):
         device = next(p for p in self.model.parameters()).device
         input_ids = batch["input_ids"].to(device)  # (B, L)
         kwargs = {"attention_mask": batch["attention_mask"].to(device)}
-        if batch.get("pixel_values") is not None:
-            kwargs["pixel_values"] = batch["pixel_values"].to(device)  # (B, T_img, [F,] C, H, W)
         if batch.get("document_ids") is not None:
             kwargs["document_ids"] = batch["document_ids"].to(device)
         if batch.get("frame_mask") is not None:  # media of different frame counts in one batch
             kwargs["frame_mask"] = batch["frame_mask"].to(device)
+        if batch.get("pixel_values") is not None and self.feature_cache is not None:
+            # (B, T_img, F, N, D): the frozen encoder's outputs, computed once per image (keys: the CPU pixels)
+            kwargs["vision_features"] = self.feature_cache.encode(batch["pixel_values"],
+                                                                  batch.get("frame_mask")).to(device)
+        elif batch.get("pixel_values") is not None:
+            kwargs["pixel_values"] = batch["pixel_values"].to(device)  # (B, T_img, [F,] C, H, W)
         out = model(input_ids, labels=input_ids, **kwargs)
         tokens = kwargs["attention_mask"].sum()
         return {"loss": out.loss, "tokens": tokens}
