@@ -1,8 +1,8 @@
 """GATED XATTN-DENSE: text queries attend to visual tokens, then a dense FFW; each added through tanh(alpha).
 
 With the gates initialised to 0 the block is the identity, so a fresh Flamingo reproduces its frozen LM exactly.
-Ablation switches (Flamingo paper, Table 3): ``gating="none"`` (no tanh gate: plain residual), and
-``kind="vanilla"`` (cross-attention only, no dense FFW).
+Ablation switches (Flamingo paper, Table 3): ``gating="none"`` (no tanh gate and no gate parameter: a plain
+residual) and ``kind="vanilla"`` (cross-attention only, no dense FFW).
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ from frozenvl.flamingo.media_mask import MediaMask
 
 
 class TanhGate(nn.Module):
-    """y = tanh(alpha) * x with alpha initialised to 0; ``enabled=False`` makes it the identity."""
+    """y = tanh(alpha) * x with alpha initialised to 0."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self):
         super().__init__()
-        self.enabled = enabled
         self.alpha = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.alpha.tanh().to(x.dtype) if self.enabled else x
+        return x * self.alpha.tanh().to(x.dtype)
+
+
+def _gate(gating: str) -> nn.Module:
+    # "none": a plain residual with no parameter at all (an unused trainable alpha would make DDP without
+    # find_unused_parameters fail, and an optimiser decay it for nothing)
+    return TanhGate() if gating == "tanh" else nn.Identity()
 
 
 class MaskedCrossAttention(nn.Module):
@@ -75,9 +80,9 @@ class GatedCrossAttentionBlock(nn.Module):
         if kind not in ("gated_dense", "vanilla"):
             raise ValueError(f"cross-attention kind must be 'gated_dense' or 'vanilla', got {kind!r}")
         self.attn = MaskedCrossAttention(dim, dim_visual, dim_head, heads)
-        self.attn_gate = TanhGate(gating == "tanh")
+        self.attn_gate = _gate(gating)
         self.ff = feed_forward(dim, ff_mult) if kind == "gated_dense" else None
-        self.ff_gate = TanhGate(gating == "tanh") if kind == "gated_dense" else None
+        self.ff_gate = _gate(gating) if kind == "gated_dense" else None
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None,
                 mask: MediaMask | None) -> torch.Tensor:
