@@ -145,3 +145,13 @@ def test_config_switch(tmp_path):
     assert _task(tmp_path, cache=False).feature_cache is None
     with pytest.raises(ConfigError, match="feature_cache needs a frozen vision encoder"):
         from_dict(ModelConfig, {"feature_cache": True, "train_vision": True}, "model")
+
+
+def test_entries_do_not_depend_on_autocast(tmp_path):
+    vision = tiny_vision(seed=0)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_bf16 = FeatureCache(tmp_path / "a", vision).frames(pixels)
+    fp32 = FeatureCache(tmp_path / "b", vision).frames(pixels)
+    assert torch.equal(under_bf16, fp32)
+    assert torch.equal(fp32, vision(pixels).half().float())  # the encoder's fp32 output, rounded to fp16

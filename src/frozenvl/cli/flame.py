@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--mode", choices=("fda", "prefix_cache", "naive"), default="fda",
                        help="fda: one pass with the facet-decoupled mask (default); prefix_cache: shared prefix "
                             "KV cache; naive: one pass per prompt")
-    embed.add_argument("--shard-size", type=int, default=4096, help="captions per shard (default 4096)")
+    embed.add_argument("--commit-every", "--shard-size", dest="commit_every", type=int, default=256,
+                       help="commit a shard every N new captions, so a killed run loses at most N and a rerun "
+                            "resumes after the last commit (default 256; --shard-size is the older name)")
     embed.add_argument("--official-compat", nargs="?", const="sdpa", default=False, choices=("sdpa", "eager"),
                        help="reproduce the official FLAME code (left padding leaks into the mask, padding rows "
                             "blank, positions do not restart; embeddings then depend on batch padding) as it runs "
@@ -59,19 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "save_pretrained, or a training checkpoint run_dir/checkpoints/step-N). The text encoder "
                     "defaults to the one recorded in the checkpoint. Results are printed and written as JSON.")
     ev.add_argument("--checkpoint", required=True,
-                    help="FLAME checkpoint folder (save_pretrained or a training checkpoint)")
+                    help="FLAME checkpoint: a save_pretrained folder, a training checkpoint run_dir/checkpoints/"
+                         "step-N, or a run folder (its latest checkpoint)")
     ev.add_argument("--task", choices=("retrieval", "zero-shot"), required=True)
-    ev.add_argument("--format", choices=("karpathy", "urban1k", "sharegpt4v", "imagefolder"), required=True,
+    ev.add_argument("--format", choices=("karpathy", "urban1k", "sharegpt4v", "imagefolder", "world"),
+                    required=True,
                     help="karpathy: COCO/Flickr JSON; urban1k: image/ + caption/ folders; sharegpt4v: long-caption "
-                         "JSON; imagefolder: root/CLASS/images (zero-shot)")
+                         "JSON; imagefolder: root/CLASS/images (zero-shot); world: a synthetic world folder "
+                         "(frozenvl data synth), its classification / heldout splits (zero-shot) or its retrieval "
+                         "split")
     ev.add_argument("--data", required=True, help="annotation file or dataset folder")
     ev.add_argument("--image-root", default="", help="folder the image paths of the annotations are relative to")
-    ev.add_argument("--split", default="test", help="Karpathy split (default test)")
+    ev.add_argument("--split", default=None,
+                    help="Karpathy split (default test); world: classification (default) or heldout for zero-shot, "
+                         "retrieval for retrieval")
+    ev.add_argument("--captions", choices=("long", "short"), default="long",
+                    help="world retrieval: each image's long caption (default) or its short captions")
     ev.add_argument("--limit", type=int, default=1000, help="ShareGPT4V entries to use (default 1000)")
     ev.add_argument("--aggregate", choices=("mean_embedding", "mean_similarity"), default="mean_embedding",
                     help="facet aggregation: mean of facet embeddings (official) or mean of per-facet similarities")
     ev.add_argument("--templates", default=None,
-                    help="zero-shot: a text file with one class template per line, '{}' for the class name")
+                    help="zero-shot: a text file with one class template per line, '{}' for the class name "
+                         "(default: the CLIP templates; world: '{}.' with the class name and its article, the "
+                         "form of the world's captions)")
     ev.add_argument("--out", default=None, help="write the results JSON here")
     _add_text_args(ev, None)
     add_device_arguments(ev, "the LM and the image tower")
@@ -102,18 +114,48 @@ def _run_embed(args) -> dict:
             raise FileNotFoundError(f"caption input {path} does not exist")
     encoder = _encoder(args, prompts=args.prompts)
     report = embed_to_store(iter_captions(args.input), encoder, args.out, batch_size=args.batch_size,
-                            shard_size=args.shard_size, progress=not args.no_progress)
+                            commit_every=args.commit_every, progress=not args.no_progress)
     return {"store": str(args.out), **report.to_dict(), **encoder.describe()}
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A model folder: ``path`` itself when it holds the model's files, else the latest training checkpoint of a
+    run folder (``path/checkpoints/step-N``) or of a checkpoints folder (``path/step-N``)."""
+    from frozenvl.train.checkpoint import latest_checkpoint
+
+    folder = Path(path)
+    if (folder / CONFIG_NAME).is_file():
+        return folder
+    for root in (folder / "checkpoints", folder):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    raise FileNotFoundError(f"{folder} holds no {CONFIG_NAME} + {WEIGHTS_NAME} and no complete training checkpoint "
+                            "(checkpoints/step-N): give a save_pretrained folder, a step-N folder or a run folder")
+
+
+def _world_data(args, task: str, image_size: int):
+    from frozenvl.flame.synthetic_eval import WORLD_CLASSIFICATION_SPLITS, world_classification, world_retrieval
+
+    if task == "zero-shot":
+        split = args.split or "classification"
+        if split not in WORLD_CLASSIFICATION_SPLITS:
+            raise ValueError(f"--split {split}: the world's zero-shot splits are {WORLD_CLASSIFICATION_SPLITS}")
+        return world_classification(args.data, split, image_size)
+    split = args.split or "retrieval"
+    return world_retrieval(args.data, image_size, long=args.captions == "long", split=split)
 
 
 def _run_eval(args) -> dict:
     from frozenvl.flame import evaluate as ev
     from frozenvl.flame.model import FlameModel
     from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
+    from frozenvl.flame.synthetic_eval import with_article
 
-    device, dtype = device_and_dtype(args)
+    device, dtype = device_and_dtype(args)  # an unusable --device fails before anything is read
     try:
-        model = FlameModel.from_pretrained(args.checkpoint, dtype=dtype, device=device).eval()
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        model = FlameModel.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--checkpoint: not a FLAME checkpoint: {e}") from None
     text_meta = model.config.text
@@ -126,25 +168,37 @@ def _run_eval(args) -> dict:
     if encoder.hidden_size != model.config.text_dim:
         raise ValueError(f"the LM's hidden size {encoder.hidden_size} does not match the checkpoint's text_dim "
                          f"{model.config.text_dim}: pass the --lm the model was trained with")
-    if args.task == "zero-shot":
+    templates = None
+    if args.templates:
+        templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
+    extra = {}
+    if args.format == "world":
+        data = _world_data(args, args.task, model.config.vision.image_size)
+        extra["split"] = args.split or ("classification" if args.task == "zero-shot" else "retrieval")
+        if args.task == "zero-shot":
+            classnames = [with_article(c) for c in data.classnames]
+            results = ev.score_zero_shot(model, encoder, data.images, data.labels, classnames, templates or ["{}."],
+                                         args.aggregate, args.batch_size)
+        else:
+            extra["captions"] = args.captions
+            results = ev.score_retrieval(model, encoder, data.images, data.captions, data.text_to_image,
+                                         args.aggregate, args.batch_size)
+    elif args.task == "zero-shot":
         if args.format != "imagefolder":
-            raise ValueError("zero-shot classification reads --format imagefolder")
-        templates = ev.DEFAULT_CLASS_TEMPLATES
-        if args.templates:
-            templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
-        results = ev.evaluate_zero_shot(model, encoder, ev.load_image_folder(args.data), templates, args.aggregate,
-                                        args.batch_size)
+            raise ValueError("zero-shot classification reads --format imagefolder or world")
+        results = ev.evaluate_zero_shot(model, encoder, ev.load_image_folder(args.data),
+                                        templates or ev.DEFAULT_CLASS_TEMPLATES, args.aggregate, args.batch_size)
     else:
         if args.format == "imagefolder":
-            raise ValueError("retrieval reads --format karpathy, urban1k or sharegpt4v")
+            raise ValueError("retrieval reads --format karpathy, urban1k, sharegpt4v or world")
         if args.format == "urban1k":
             dataset = ev.load_urban1k(args.data)
         elif args.format == "sharegpt4v":
             dataset = ev.load_sharegpt4v(args.data, args.image_root, args.limit)
         else:
-            dataset = ev.load_karpathy(args.data, args.image_root, args.split)
+            dataset = ev.load_karpathy(args.data, args.image_root, args.split or "test")
         results = ev.evaluate_retrieval(model, encoder, dataset, args.aggregate, args.batch_size)
-    return {**results, "checkpoint": str(args.checkpoint), "format": args.format, "text": encoder.describe()}
+    return {**results, **extra, "checkpoint": str(checkpoint), "format": args.format, "text": encoder.describe()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ encoder's own fp32 output the difference is fp16 rounding (relative error <= 2**
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -118,9 +119,18 @@ class FeatureCache:
             save_file({"features": stored}, str(tmp), metadata=meta)
         return stored
 
-    @torch.no_grad()
     def frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) transformed frames -> (N, n_tokens, D) float32 features, from the cache or the encoder."""
+        """(N, C, H, W) transformed frames -> (N, n_tokens, D) float32 features, from the cache or the encoder.
+
+        The encoder runs in its own precision whatever autocast the caller is under: an entry is the same for a
+        bf16 and an fp32 run (its key names no precision)."""
+        encoder_device = next(self.encoder.parameters(), torch.empty(0)).device
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for device_type in {pixels.device.type, encoder_device.type}:
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+            return self._frames(pixels)
+
+    def _frames(self, pixels: torch.Tensor) -> torch.Tensor:
         if len(pixels) == 0:
             return self.encoder(pixels).float()
         keys = [frame_key(p) for p in pixels]
