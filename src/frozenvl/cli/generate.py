@@ -28,7 +28,7 @@ def _load_image(spec: str):
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # bombs: PIL's pixel limit
         raise CLIError(f"image {spec} cannot be decoded: {e}") from e
 
 

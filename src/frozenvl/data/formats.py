@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,10 @@ EVAL_KINDS = ("caption", "vqa", "classification", "retrieval", "video_qa")
 KINDS = TRAIN_KINDS + EVAL_KINDS
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif")
 VIDEO_KINDS = ("video", "video_qa")
+
+# A literal `<|endofchunk|>` inside source text (a caption, a page) would become the control token that ends an
+# image's chunk: it is written as this spelling instead, which the tokenizer reads as ordinary text.
+ESCAPED_END_OF_CHUNK = "<endofchunk>"
 
 ImageLike = Image.Image | bytes
 RawSample = dict[str, bytes | str]  # extension -> member bytes, plus '__key__'
@@ -208,16 +213,32 @@ def video_qa_record(key: str, frames: Sequence[ImageLike], fps: float, question:
 # -----------------------------------------------------------------------------------------------------
 # decoding
 
+def source_text(text: str, name: str = "text", key: str = "?") -> str:
+    """Text from a data source, made safe to place in Flamingo text: a literal `<image>` raises
+    BadSample('image_token_in_text') (it would ask for an image the sample does not have), a literal
+    `<|endofchunk|>` is written as `<endofchunk>` (ESCAPED_END_OF_CHUNK), ordinary text."""
+    if IMAGE_TOKEN in text:
+        raise BadSample("image_token_in_text", f"{key}: {name} holds a literal {IMAGE_TOKEN}")
+    return text.replace(END_OF_CHUNK, ESCAPED_END_OF_CHUNK)
+
+
 def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
-    """Fully decoded RGB image, or BadSample('corrupt_image' | 'image_too_large')."""
+    """Fully decoded RGB image, or BadSample('corrupt_image' | 'image_too_large'). The size is checked on the
+    header, before decoding: a decompression bomb (a few KB declaring billions of pixels) is never decoded."""
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # PIL warns (DecompressionBombWarning) above its own limit and raises above twice that; max_pixels
+            # is the limit here, so the warning is noise and the error is an image too large.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
         if img.width * img.height > max_pixels:
             raise BadSample("image_too_large", f"{img.width}x{img.height}")
         img.load()  # decode now: a truncated file fails here, not later in a worker's transform
         return img.convert("RGB")
     except BadSample:
         raise
+    except Image.DecompressionBombError as e:
+        raise BadSample("image_too_large", str(e)) from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
 
@@ -270,6 +291,8 @@ def decode_sample(raw: dict[str, bytes], max_pixels: int = 64_000_000) -> dict[s
             meta = json.loads(raw["json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadSample("bad_json", f"{key}: {e}") from None
+        except RecursionError:  # nested deeper than the interpreter's stack
+            raise BadSample("bad_json", f"{key}: json nested too deeply") from None
         if not isinstance(meta, dict):
             raise BadSample("bad_json", f"{key}: json is a {type(meta).__name__}, not an object")
     kind = meta.get("kind", "pair")
@@ -301,7 +324,7 @@ def decode_sample(raw: dict[str, bytes], max_pixels: int = 64_000_000) -> dict[s
                 raise BadSample("bad_field", f"{key}: txt is not UTF-8") from None
         elif "caption" not in meta:
             raise BadSample("missing_field", f"{key}: no caption (txt member)")
-        out["caption"] = _text(out["caption"], "caption", key)
+        out["caption"] = source_text(_text(out["caption"], "caption", key), "caption", key)
         if "long_caption" in meta:
             out["long_caption"] = _text(meta["long_caption"], "long_caption", key)
         if "similarity" in meta:
@@ -345,7 +368,7 @@ def _decode_interleaved(raw: dict[str, bytes], meta: dict[str, Any], out: dict[s
             if not isinstance(t, str):
                 raise BadSample("bad_field", f"{key}: text {t!r}")
             if t.strip():
-                elements.append(t.strip())
+                elements.append(source_text(t.strip(), f"text {i}", key))
         else:
             raise BadSample("bad_field", f"{key}: position {i} holds neither text nor image")
     out["elements"] = elements  # ordered page: str (text) or PIL image

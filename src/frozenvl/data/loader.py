@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from frozenvl.config import Config, ConfigError, check_choice, check_positive
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.data.formats import decode_sample, finalize_interleaved
-from frozenvl.data.shards import expand_shards, read_shard
+from frozenvl.data.shards import MAX_MEMBER_BYTES, MAX_TEXT_MEMBER_BYTES, expand_shards, read_shard
 from frozenvl.data.skips import BadSample, SkipCounter
 
 Sample = dict[str, Any]
@@ -52,6 +52,10 @@ class LoaderConfig(Config):
     single_image_drop_prob: float = 0.0  # drop interleaved pages with exactly one image with this probability
     min_similarity: float | None = None  # pairs below are skipped; images of pages below are removed
     max_pixels: int = 64_000_000  # larger images are skipped ('image_too_large'), a guard against bombs
+    # Caps on one tar member's declared size, checked before it is read ('member_too_large' skips its sample):
+    # images and other binary members, and text members (txt, json: captions, pages).
+    max_member_bytes: int = MAX_MEMBER_BYTES
+    max_text_bytes: int = MAX_TEXT_MEMBER_BYTES
 
     def __post_init__(self) -> None:
         if self.kinds is not None:
@@ -62,7 +66,7 @@ class LoaderConfig(Config):
         check_choice(f"{where}.split_by", self.split_by, ("auto", "shard", "sample"))
         if not 0.0 <= self.single_image_drop_prob <= 1.0:
             raise ConfigError(f"{where}.single_image_drop_prob must be in [0, 1]; got {self.single_image_drop_prob}")
-        for name in ("max_images", "max_tokens"):
+        for name in ("max_images", "max_tokens", "max_pixels", "max_member_bytes", "max_text_bytes"):
             check_positive(f"{where}.{name}", getattr(self, name))
         check_positive(f"{where}.shuffle_buffer", self.shuffle_buffer, allow_zero=True)
 
@@ -112,17 +116,18 @@ class ShardDataset(IterableDataset):
 
     def _raw_stream(self, stream: int, n_streams: int, skips: SkipCounter) -> Iterator[dict[str, Any]]:
         shards = self.epoch_shards()
+        caps = {"max_member_bytes": self.config.max_member_bytes, "max_text_bytes": self.config.max_text_bytes}
         by_shard = self.config.split_by == "shard" or (
             self.config.split_by == "auto" and len(shards) >= n_streams)
         if by_shard:
             for path in shards[stream::n_streams]:
-                yield from read_shard(path, skips)
+                yield from read_shard(path, skips, **caps)
             return
         # Every stream reads every shard and keeps every n-th sample; shard-level problems are counted once.
         shard_skips = skips if stream == 0 else SkipCounter()
         i = 0
         for path in shards:
-            for raw in read_shard(path, shard_skips):
+            for raw in read_shard(path, shard_skips, **caps):
                 if i % n_streams == stream:
                     yield raw
                 i += 1

@@ -17,6 +17,7 @@ import glob
 import io
 import os
 import re
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -178,10 +179,12 @@ class _TailRecorder:
     def has_end_marker(self, end: int) -> bool:
         """Are there two zero blocks right at ``end`` (an uncompressed tar's end)? tarfile stops reading at the
         first one, and a pipe may have delivered no more than that: read on to the second."""
-        while self.offset < end + 1024 and self.read(end + 1024 - self.offset):
+        if self.head == b"\x1f\x8b":  # compressed: gzip's own checks catch truncation; `end` is not an offset here
+            while self.read(1 << 20):  # drain the stream (a piped command must not die of a closed pipe)
+                pass
+            return True
+        while self.offset < end + 1024 and self.read(min(end + 1024 - self.offset, 1 << 20)):
             pass
-        if self.head == b"\x1f\x8b":
-            return True  # compressed: gzip's own checks catch truncation
         start = self.offset - len(self.tail)
         if not start <= end <= self.offset - 1024:
             return False
@@ -197,14 +200,59 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (os.path.join(dirname, stem) if dirname else stem), ext
 
 
-def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[dict[str, bytes | str]]:
-    """Yield raw samples of one shard in order; bad shards and members are counted, never raised."""
+# Caps on one member's declared size, checked on its header before a byte of it is read: a hostile shard may
+# declare a 50 GB member, or hold a 400 MB caption in a few hundred kilobytes of gzip. Text members (captions,
+# json) get the smaller cap. A sample with a member over its cap is skipped whole ('member_too_large').
+MAX_MEMBER_BYTES = 64 << 20
+MAX_TEXT_MEMBER_BYTES = 1 << 20
+TEXT_MEMBER_EXTS = frozenset({"txt", "json", "jsonl", "cls", "text", "caption", "md"})
+
+
+def member_cap(ext: str, max_member_bytes: int = MAX_MEMBER_BYTES,
+               max_text_bytes: int = MAX_TEXT_MEMBER_BYTES) -> int:
+    """The size cap of a member with extension ``ext`` (its last part decides: ``0.png`` is an image)."""
+    return max_text_bytes if ext.rsplit(".", 1)[-1].lower() in TEXT_MEMBER_EXTS else max_member_bytes
+
+
+def _skip_member(tar: tarfile.TarFile, info: tarfile.TarInfo, chunk: int = 1 << 22) -> None:
+    """Read past a member without keeping it, in large chunks: tarfile's own skip reads a streamed archive in
+    10 KB steps, which takes seconds for a member that declares gigabytes (and, in a gzip stream, copies its
+    decompressed buffer at every step). A member cut short is a truncated shard."""
+    f = tar.extractfile(info)
+    left = info.size if f is not None else 0
+    while left > 0:
+        data = f.read(min(left, chunk))
+        if not data:
+            raise tarfile.ReadError(f"member {info.name} is cut short")
+        left -= len(data)
+
+
+def read_shard(path: str | Path, skips: SkipCounter | None = None, *, max_member_bytes: int = MAX_MEMBER_BYTES,
+               max_text_bytes: int = MAX_TEXT_MEMBER_BYTES) -> Iterator[dict[str, bytes | str]]:
+    """Yield raw samples of one shard in order; bad shards and members are counted, never raised.
+
+    A sample is yielded as soon as the header of the next sample's first member is read, so a cut inside the
+    next sample loses only that one. A key seen before in the shard is a duplicate: the first sample wins, the
+    later members of that key are skipped ('duplicate_key', once per repeated sample or member). A local path
+    that is not a regular file (a FIFO, a device, a folder) is skipped ('not_a_file') without being opened.
+    """
     skips = skips if skips is not None else SkipCounter()
     url = is_url(str(path))
-    if not url and not os.path.exists(path):
-        skips.add("missing_shard", str(path))
-        return
+    if not url:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            skips.add("missing_shard", str(path))
+            return
+        except OSError as e:
+            skips.add("unreadable_shard", f"{path}: {type(e).__name__}: {e}")
+            return
+        if not stat.S_ISREG(mode):  # opening a FIFO blocks until a writer comes: never open one
+            skips.add("not_a_file", f"{path}: not a regular file")
+            return
     current: dict[str, bytes | str] | None = None
+    dropped: str | None = None  # the key of the sample being skipped (a member over its cap, a repeated key)
+    seen: set[str] = set()  # keys of this shard so far
     n_members = 0
     stream = None
     try:
@@ -223,16 +271,37 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None) -> Iterator[d
                     skips.add("bad_member", f"{path}: {info.name}")
                     continue
                 key, ext = parts
+                n_members += 1
+                if current is not None and current["__key__"] != key:
+                    yield current  # complete: the next sample's header is here (before its data, maybe cut)
+                    current = None
+                if dropped is not None and dropped != key:
+                    dropped = None
+                if dropped == key:
+                    _skip_member(tar, info)  # the rest of a skipped sample
+                    continue
+                if current is None:
+                    if key in seen:
+                        skips.add("duplicate_key", f"{path}: {key} appears again; the first one was kept")
+                        dropped = key
+                        _skip_member(tar, info)
+                        continue
+                    seen.add(key)
+                    current = {"__key__": key, "__shard__": str(path)}
+                if ext in current:
+                    skips.add("duplicate_key", f"{path}: member {info.name} appears twice; the first was kept")
+                    _skip_member(tar, info)
+                    continue
+                cap = member_cap(ext, max_member_bytes, max_text_bytes)
+                if info.size > cap:
+                    skips.add("member_too_large", f"{path}: {info.name} declares {info.size} bytes (cap {cap})")
+                    current, dropped = None, key
+                    _skip_member(tar, info)
+                    continue
                 f = tar.extractfile(info)
                 data = f.read() if f is not None else b""
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member {info.name} is cut short")
-                n_members += 1
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
             end = tar.offset
         marked = stream.has_end_marker(end)

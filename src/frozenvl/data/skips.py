@@ -16,9 +16,12 @@ logger = logging.getLogger("frozenvl.data")
 # Reasons a sample (or a whole shard) is skipped. Keys of SkipCounter are these strings.
 SKIP_REASONS: dict[str, str] = {
     "missing_shard": "the shard file does not exist",
+    "not_a_file": "the shard path is not a regular file (a FIFO, a device, a folder): not opened",
     "unreadable_shard": "the shard is not a readable tar archive",
     "truncated_shard": "the shard ends in the middle of a member; samples before the cut were kept",
     "bad_member": "a tar member has no key/extension or could not be read",
+    "member_too_large": "a tar member declares more bytes than the reader's cap; its sample is skipped unread",
+    "duplicate_key": "a sample key (or one of its members) appears again in a shard or source; the first is kept",
     "bad_json": "the json member is not valid UTF-8 JSON object",
     "missing_field": "a required field or member is absent",
     "bad_field": "a field has the wrong type or an invalid value",
@@ -27,6 +30,7 @@ SKIP_REASONS: dict[str, str] = {
     "corrupt_image": "an image could not be decoded (corrupt, truncated or not an image)",
     "image_too_large": "an image has more pixels than the loader's limit",
     "empty_text": "the text (caption, question, page) is empty after stripping",
+    "image_token_in_text": "the text holds a literal <image> marker, which would not match the sample's images",
     "too_many_images": "more images than max_images (and truncation is off or impossible)",
     "text_too_long": "more tokens than max_tokens (and truncation is off or impossible)",
     "no_images": "no image left after filtering and truncation",

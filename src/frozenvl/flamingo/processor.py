@@ -52,7 +52,7 @@ class FlamingoProcessor:
                     im.load()
                     image = im.convert("RGB")
             return self.image_transform(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from e
 
     def media_tensor(self, medium, where: str = "image", max_frames: int | None = None) -> torch.Tensor:
