@@ -53,3 +53,84 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------------------- writers' locks
+
+LOCK_NAME = ".frozenvl.lock"  # the lock file a writer holds in the folder it writes (a run folder, a store)
+
+
+class FolderLockedError(OSError):
+    """Another process holds the folder's lock: it is writing there now."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder``'s writer lock (``folder/.frozenvl.lock``, an OS file lock released when the process ends,
+    even on a kill) for the duration of the block; another holder makes it raise :class:`FolderLockedError` at
+    once, naming the folder. ``what`` names the folder in that message (``"run folder"``)."""
+    lock = acquire_folder_lock(folder, what)
+    try:
+        yield Path(folder)
+    finally:
+        lock.release()
+
+
+def acquire_folder_lock(folder: str | os.PathLike, what: str = "folder"):
+    """The acquired :class:`filelock.FileLock` of ``folder`` (see :func:`folder_lock`); call ``release()``."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderLockedError(f"the {what} {folder} is in use: another process is writing to it (it holds "
+                                f"{folder / LOCK_NAME}); wait until it ends or use another folder") from None
+    return lock
+
+
+# ----------------------------------------------------------------------------------------- outputs
+
+
+class UnwritableOutputError(ValueError):
+    """An output path that cannot be written (a user mistake, found before any work)."""
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "output") -> Path:
+    """Check, before any work, that ``path`` can be written: a file (its folder is created if needed) or, with
+    ``folder=True``, a folder to write files into. Raises :class:`UnwritableOutputError` with one message naming
+    ``what``, the path and why; nothing is left behind but the folders that the write would create anyway."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise UnwritableOutputError(f"{what} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise UnwritableOutputError(f"{what} {path} is a folder: give a file name")
+    for parent in (target, *target.parents):  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise UnwritableOutputError(f"{what} {path} cannot be written: {parent} is a file, not a folder")
+            break
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".frozenvl-write-check.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UnwritableOutputError(f"{what} {path} cannot be written: {e.strerror or e}") from None
+    return path
+
+
+def remove_leftovers(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Remove the temporary paths that :func:`atomic_path` left in ``folder`` for files named ``name`` (a glob)
+    when a process was killed mid-write; returns them. Call it only while holding the folder's lock."""
+    folder = Path(folder)
+    removed = sorted(folder.glob(f".{name}.*.tmp")) if folder.is_dir() else []
+    for leftover in removed:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return removed

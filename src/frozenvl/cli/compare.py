@@ -141,7 +141,7 @@ def train_model(config: ComparisonConfig, kind: str, world: Path, store: str) ->
     rc = run_config(config, kind, world, store)
     torch.manual_seed(config.seed)  # both models build visual then head first: identical initial image towers
     task = build_task(rc.model)
-    result = train(rc, task=task)
+    result = train(rc, task=task, overwrite=True)  # a rerun trains again from scratch
     trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
     return task.model.eval(), {"steps": result.step, "final_loss": result.last_loss,
                                "seconds": round(result.seconds, 1), "trainable_parameters": trainable,

@@ -124,7 +124,7 @@ def _final_checkpoint(run_dir: Path, steps: int) -> Path | None:
 
 def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
     from frozenvl.train.config import load_config
-    from frozenvl.train.loop import CHECKPOINTS_DIR, RUN_CONFIG_NAME, train
+    from frozenvl.train.loop import RUN_CONFIG_NAME, run_outputs, train
 
     run_dir = out / "flamingo"
     done = _final_checkpoint(run_dir, plan.flamingo_steps)
@@ -134,7 +134,7 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME
     write_text_atomic(config_path, yaml.safe_dump(flamingo_run_config(world, run_dir, plan), sort_keys=False))
-    resume = (run_dir / CHECKPOINTS_DIR).exists()
+    resume = bool(run_outputs(run_dir))  # a run killed before its first checkpoint resumes from scratch
     _say(f"[2/5] Flamingo: training {plan.flamingo_steps} steps on pairs + interleaved + video "
          f"({'resuming' if resume else 'from scratch'}; config {config_path}) ...")
     result = train(load_config(config_path), resume=resume)

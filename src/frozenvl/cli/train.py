@@ -15,6 +15,7 @@ examples:
   frozenvl train --config configs/flamingo_tiny_cpu.yaml
   frozenvl train --config configs/flamingo_tiny_cpu.yaml train.steps=50 optim.lr=3e-4
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --resume          # continue after a kill
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml --overwrite       # delete the old run, start again
   frozenvl train --config configs/flamingo_tiny_cpu.yaml data.mixing=round_robin model.flamingo.gating=none
   torchrun --nproc_per_node 2 -m frozenvl.cli.train --config configs/flamingo_tiny_cpu.yaml train.distributed=fsdp
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --print-config    # the resolved config, then exit
@@ -66,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config (default: the built-in defaults, which need data.datasets)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in train.run_dir (exactly: weights, optimizer, "
-                        "schedule, data position, RNG); starts from scratch if there is none")
+                        "schedule, data position, RNG, the logged averages; a corrupt newest checkpoint is skipped "
+                        "for the previous one); starts from scratch if there is none")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.run_dir holds a previous run: delete its metrics.jsonl, checkpoints/ and "
+                        "tensorboard/ (nothing else) and start again. Without --resume or --overwrite a run folder "
+                        "holding a run is refused")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return p
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from frozenvl.train.config import ConfigError, dump_config, load_config
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
@@ -85,16 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
-    from frozenvl.train.loop import NonFiniteLossError, train
+    from frozenvl.train.loop import CheckpointWriteError, NonFiniteLossError, train
 
     try:
-        result = train(config, resume=args.resume)
-    except NonFiniteLossError as e:
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+    except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"frozenvl train: {e}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"frozenvl train: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions: one line, the last checkpoint stays intact
+        print(f"frozenvl train: error: {e}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {result.step} steps in {result.seconds / 60:.1f} min, last loss {result.last_loss}, "
               f"{result.nonfinite_steps} non-finite steps skipped, checkpoint {result.checkpoint}")

@@ -11,12 +11,18 @@
 - ``trainer_state.json``: step, counters, data positions of every slot, Python/NumPy RNG states, the run config.
 
 A folder is written under a temporary name and renamed in one step, so a kill at any moment leaves the previous
-checkpoint intact; leftover temporary folders are ignored and cleaned.
+checkpoint intact; leftover temporary folders are ignored and cleaned. ``trainer_state.json`` is the completion
+marker: only a ``step-N`` folder that holds it is listed, and it records the size of every other file, so a
+truncated or missing file is found before anything is loaded (:class:`CorruptCheckpointError`). Pruning renames
+an old folder out of the listing in one step before deleting it, so a kill while pruning never leaves a listed
+folder without its weights. :func:`load_latest` falls back to the previous checkpoint when the newest is corrupt.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import re
 import shutil
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
@@ -38,6 +45,12 @@ OPTIMIZER = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
 RNG = "rng.safetensors"
 STATE = "trainer_state.json"
+
+log = logging.getLogger("frozenvl.train")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint folder that cannot be read back: a file is missing, truncated or unreadable."""
 
 
 @dataclass
@@ -156,19 +169,32 @@ def save_checkpoint(root: str | Path, step: int, model_type: str, config: Any, w
                     rng_tensors[f"rank{r}/{key}"] = s[key]
             rng_json.append({"python": s["python"], "numpy": s["numpy"]})
         save_file(rng_tensors, str(tmp / RNG))
-        (tmp / STATE).write_text(json.dumps({**state, "step": step, "rng": rng_json}, indent=1) + "\n")
-        for f in tmp.iterdir():
+        files = {}
+        for f in sorted(tmp.iterdir()):
             if f.is_file():
                 fsync_file(f)
+                files[f.name] = f.stat().st_size
+        # The completion marker, written last: the sizes of every other file.
+        marker = json.dumps({**state, "step": step, "rng": rng_json, "files": files}, indent=1) + "\n"
+        with open(tmp / STATE, "w") as f:
+            f.write(marker)
+            f.flush()
+            os.fsync(f.fileno())
     prune(root, keep)
     return final
 
 
 def prune(root: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and the leftovers of interrupted writes and prunes. Each old
+    folder leaves the listing in one step (renamed to a temporary name) before its files are deleted."""
     found = list_checkpoints(root)
     for old in found[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for leftover in Path(root).glob(".step-*.tmp"):  # interrupted writes of earlier runs
+        doomed = old.with_name(f".{old.name}.pruned.tmp")
+        if doomed.exists():
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    for leftover in Path(root).glob(".step-*.tmp"):  # interrupted writes and prunes
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -178,16 +204,45 @@ def load_checkpoint(path: str | Path, model_type: str) -> Checkpoint:
     path = Path(path)
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER, OPTIMIZER_META, RNG, STATE) if not (path / n).exists()]
     if missing:
-        raise FileNotFoundError(f"{path} is not a complete training checkpoint: {', '.join(missing)} missing")
-    state = json.loads((path / STATE).read_text())
-    rng_tensors = load_file(str(path / RNG))
-    rng = []
-    for r, s in enumerate(state.pop("rng")):
-        entry = {"python": s["python"], "numpy": s["numpy"], "torch": rng_tensors[f"rank{r}/torch"]}
-        if f"rank{r}/cuda" in rng_tensors:
-            entry["cuda"] = rng_tensors[f"rank{r}/cuda"]
-        rng.append(entry)
-    optimizer = optimizer_from_tensors(load_file(str(path / OPTIMIZER)),
-                                       json.loads((path / OPTIMIZER_META).read_text()))
-    _, _, weights = read_folder(path, (model_type,))
+        raise CorruptCheckpointError(f"{path} is not a complete training checkpoint: {', '.join(missing)} missing")
+    try:
+        state = json.loads((path / STATE).read_text())
+        sizes = state.pop("files", {})  # absent in checkpoints written before sizes were recorded
+        wrong = [f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
+                 for name, size in sizes.items() if (path / name).stat().st_size != size]
+        if wrong:
+            raise CorruptCheckpointError(f"{path} is corrupt: {'; '.join(wrong)}")
+        rng_tensors = load_file(str(path / RNG))
+        rng = []
+        for r, s in enumerate(state.pop("rng")):
+            entry = {"python": s["python"], "numpy": s["numpy"], "torch": rng_tensors[f"rank{r}/torch"]}
+            if f"rank{r}/cuda" in rng_tensors:
+                entry["cuda"] = rng_tensors[f"rank{r}/cuda"]
+            rng.append(entry)
+        optimizer = optimizer_from_tensors(load_file(str(path / OPTIMIZER)),
+                                           json.loads((path / OPTIMIZER_META).read_text()))
+        _, _, weights = read_folder(path, (model_type,))
+    except CorruptCheckpointError:
+        raise
+    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(f"{path} cannot be read: {type(e).__name__}: {e}") from None
     return Checkpoint(path=path, weights=weights, optimizer=optimizer, rng=rng, state=state)
+
+
+def load_latest(root: str | Path, model_type: str) -> Checkpoint | None:
+    """The newest checkpoint under ``root`` that reads back whole; a corrupt newer one is skipped with a warning
+    naming what is wrong with it (it is left in place). None when there is no checkpoint; an error when every one
+    is corrupt."""
+    found = list_checkpoints(root)
+    problems = []
+    for path in reversed(found):
+        try:
+            checkpoint = load_checkpoint(path, model_type)
+        except CorruptCheckpointError as e:
+            problems.append(str(e))
+            log.warning("skipping a corrupt checkpoint: %s; trying the previous one", e)
+            continue
+        return checkpoint
+    if problems:
+        raise CorruptCheckpointError(f"no checkpoint under {root} can be read: {' / '.join(problems)}")
+    return None

@@ -5,6 +5,11 @@ one in turn with round robin), each on ``grad_accum`` micro-batches per rank. Gr
 are synchronised once, in the last backward of the step; then they are clipped once and AdamW steps. A step whose
 loss or gradient is not finite on any rank is skipped on every rank (counted, logged), and the run stops with a
 clear message after ``train.max_nonfinite_steps`` such steps.
+
+The run folder is the run's: one process writes it at a time (a lock, :func:`frozenvl.files.folder_lock`), a new
+run refuses a folder that holds another run's metrics or checkpoints (:class:`RunFolderError`; ``overwrite=True``
+deletes them first, ``resume=True`` continues), and the running averages the loop logs are checkpointed, so a
+resumed run writes the metrics an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +26,7 @@ from typing import Any
 
 import torch
 
-from frozenvl.files import write_text_atomic
+from frozenvl.files import FolderLockedError, acquire_folder_lock, write_text_atomic
 from frozenvl.tasks import build_task
 from frozenvl.train import checkpoint as ckpt
 from frozenvl.train import distributed as D
@@ -39,6 +45,80 @@ CHECKPOINTS_DIR = "checkpoints"  # step-XXXXXXXX/ folders
 
 class NonFiniteLossError(RuntimeError):
     """Too many steps had a NaN/inf loss or gradient."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked: it holds another run, or another process is writing it."""
+
+
+def run_outputs(run_dir: str | Path) -> list[str]:
+    """What a previous run left in ``run_dir`` (the names of its metrics, checkpoints and TensorBoard folder that
+    exist); other files are not a run's."""
+    run_dir = Path(run_dir)
+    found = []
+    if (run_dir / METRICS_NAME).exists():
+        found.append(METRICS_NAME)
+    for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):
+        folder = run_dir / name
+        if folder.is_dir() and any(folder.iterdir()):
+            steps = ckpt.list_checkpoints(folder) if name == CHECKPOINTS_DIR else []
+            found.append(f"{name}/ ({len(steps)} checkpoints, newest {steps[-1].name})" if steps else f"{name}/")
+    return found
+
+
+def _json_value(v: Any) -> Any:
+    """A metric as JSON allows it: a NaN or infinity becomes null (never a bare NaN token)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class MetricsWindow:
+    """The running sums behind a ``log_every`` record: the mean of each metric over the steps where it was finite
+    (a skipped step's NaN loss is left out, never counted as 0), throughput over the window's seconds. Saved with
+    checkpoints (:meth:`state_dict`), so a resumed run logs what an uninterrupted one would."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+        self.steps += 1
+
+    def record(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.start
+        out: dict[str, Any] = {}
+        for k, v in self.sums.items():
+            if k in ("samples", "tokens"):
+                out[f"{k}_per_s"] = v / elapsed
+            elif k == "skipped":
+                out["skipped_steps"] = int(v)
+            else:
+                out[k] = v / self.counts[k]
+        if "loss" not in out and self.steps:
+            out["loss"] = None  # every step of the window was skipped
+        return out
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps,
+                "seconds": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: float(v) for k, v in state["sums"].items()}
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        self.steps = int(state["steps"])
+        self.start = time.perf_counter() - float(state["seconds"])
 
 
 @dataclass
@@ -62,9 +142,23 @@ class MetricsWriter:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            # Lines written after the checkpoint we resume from will be written again: drop them.
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            # Lines written after the checkpoint we resume from will be written again: drop them. A line that
+            # does not parse (the last one, cut by a kill mid-write) is dropped with a warning.
+            kept, bad = [], 0
+            for ln in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    record = json.loads(ln)
+                    step = int(record.get("step", 0))
+                except (ValueError, TypeError, AttributeError):
+                    bad += 1
+                    continue
+                if step <= resume_step:
+                    kept.append(ln)
+            if bad:
+                log.warning("%s: dropped %d line(s) that are not complete JSON records (cut by a kill?)",
+                            self.path, bad)
             write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -81,10 +175,10 @@ class MetricsWriter:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: _json_value(v) for k, v in record.items()}, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
@@ -93,16 +187,24 @@ class MetricsWriter:
 
 
 class Trainer:
-    """``Trainer(config).fit()``; ``resume=True`` continues from the newest checkpoint of ``train.run_dir``."""
+    """``Trainer(config).fit()``; ``resume=True`` continues from the newest readable checkpoint of
+    ``train.run_dir``; ``overwrite=True`` deletes a previous run's metrics, checkpoints and TensorBoard events there
+    first. Without either, a folder holding a previous run is refused (:class:`RunFolderError`). The trainer holds
+    the run folder's lock until :meth:`close`."""
 
-    def __init__(self, config: RunConfig, task=None, resume: bool = False):
+    def __init__(self, config: RunConfig, task=None, resume: bool = False, overwrite: bool = False):
         self.config = config
         t = config.train
+        if resume and overwrite:
+            raise RunFolderError("resume and overwrite exclude each other: --resume continues the run in "
+                                 f"{t.run_dir}, --overwrite deletes it")
         if t.threads:
             torch.set_num_threads(t.threads)
         self.dist = D.setup(t.device)
         self.run_dir = Path(t.run_dir)
         self.ckpt_root = self.run_dir / CHECKPOINTS_DIR
+        self._lock = None
+        self._claim_run_dir(resume, overwrite)
         torch.manual_seed(t.seed)  # same initial trainable weights on every rank
         self.task = task if task is not None else build_task(config.model)
         self.model = self.task.model.to(self.dist.device)
@@ -123,13 +225,16 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.resumed_from: Path | None = None
+        self.window = MetricsWindow()
+        self._fit_start = time.perf_counter()
+        self.elapsed_before = 0.0  # seconds of training before the checkpoint this run resumed from
         if resume:
-            path = ckpt.latest_checkpoint(self.ckpt_root)
-            if path is None:
+            checkpoint = ckpt.load_latest(self.ckpt_root, self.model.model_type)
+            if checkpoint is None:
                 if self.dist.is_main:
                     log.warning("--resume: no checkpoint in %s, starting from scratch", self.ckpt_root)
             else:
-                self._restore(path)
+                self._restore(checkpoint)
         else:
             torch.manual_seed(t.seed + 1000 * self.dist.rank)  # per-rank stream for anything random in training
         self.metrics = MetricsWriter(self.run_dir, self.dist.is_main, t.tensorboard,
@@ -137,6 +242,40 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / RUN_CONFIG_NAME, dump_config(config))
+
+    # ------------------------------------------------------------------------------------------ run folder
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0 takes the run folder's lock and checks what is in it; every rank raises the same error."""
+        problem = None
+        if self.dist.is_main:
+            try:
+                self._lock = acquire_folder_lock(self.run_dir, "run folder")
+                found = run_outputs(self.run_dir)
+                if found and overwrite:
+                    for name in (METRICS_NAME, CHECKPOINTS_DIR, TENSORBOARD_DIR):
+                        path = self.run_dir / name
+                        if path.is_dir():
+                            shutil.rmtree(path)
+                        elif path.exists():
+                            path.unlink()
+                    log.warning("overwrite: deleted the previous run's %s in %s", ", ".join(found), self.run_dir)
+                elif found and not resume:
+                    raise RunFolderError(
+                        f"train.run_dir {self.run_dir} already holds a run ({', '.join(found)}): pass --resume to "
+                        "continue it, --overwrite to delete it and start again, or set another train.run_dir")
+            except (FolderLockedError, RunFolderError, OSError) as e:
+                problem = e
+                self._release()
+        messages = D.all_gather_object(str(problem) if problem is not None else None)
+        if problem is not None:
+            raise problem if isinstance(problem, RunFolderError) else RunFolderError(str(problem)) from None
+        if messages[0] is not None:
+            raise RunFolderError(messages[0])
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------------------------------ state
     def _fsdp(self) -> bool:
@@ -170,14 +309,16 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"nonfinite_steps": self.nonfinite_steps, "data": data, "world_size": self.dist.world_size,
-                     "config": self.config.to_dict()}
+                     "config": self.config.to_dict(), "shards": self.mixture.shard_names(),
+                     "metrics_window": self.window.state_dict(),
+                     "elapsed_s": self.elapsed_before + time.perf_counter() - self._fit_start}
             path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.model_type, self.model.config, weights,
                                         optim_state, rngs, state, self.config.train.keep_checkpoints)
         D.barrier()
         return path
 
-    def _restore(self, path: Path) -> None:
-        c = ckpt.load_checkpoint(path, self.model.model_type)
+    def _restore(self, c: ckpt.Checkpoint) -> None:
+        path = c.path
         if sorted(c.weights) != sorted(self.saved_names):
             missing = sorted(set(self.saved_names) - set(c.weights))[:5]
             extra = sorted(set(c.weights) - set(self.saved_names))[:5]
@@ -195,6 +336,16 @@ class Trainer:
             self.model.load_saved_state_dict(c.weights)
         set_optimizer_state_dict(self.model, self.optimizer, c.optimizer,
                                  options=StateDictOptions(full_state_dict=True))
+        saved_shards = c.state.get("shards")  # absent in checkpoints written before shard names were recorded
+        if saved_shards is not None:
+            for name, now in self.mixture.shard_names().items():
+                before = saved_shards.get(name)
+                if before is not None and before != now:
+                    diff = next(((a, b) for a, b in zip(before, now) if a != b), None)
+                    detail = (f"first difference: {diff[0]} then, {diff[1]} now" if diff
+                              else f"{len(before)} shards then, {len(now)} now")
+                    raise ValueError(f"cannot resume from {path}: dataset {name!r} now reads other shards than the "
+                                     f"checkpoint was trained on ({detail}); resume with the same shards")
         self.mixture.load_state_dict(c.state["data"])
         if len(c.rng) != self.dist.world_size:
             raise ValueError(f"checkpoint {path} was written by {len(c.rng)} ranks, this run has "
@@ -202,6 +353,9 @@ class Trainer:
         ckpt.restore_rng(c.rng[self.dist.rank])
         self.step = int(c.state["step"])
         self.nonfinite_steps = int(c.state["nonfinite_steps"])
+        if "metrics_window" in c.state:
+            self.window.load_state_dict(c.state["metrics_window"])
+        self.elapsed_before = float(c.state.get("elapsed_s", 0.0))
         self.resumed_from = path
         if self.dist.is_main:
             log.info("resumed from %s (step %d)", path, self.step)
@@ -219,7 +373,7 @@ class Trainer:
         names = self.mixture.names_for_step(self.step)
         all_names = [d.name for d in self.config.data.datasets]
         micro = [(a, name) for a in range(t.grad_accum) for name in names]
-        # [nonfinite, samples, tokens, loss_sum per dataset..., micro-batches per dataset...]
+        # [nonfinite, samples, tokens, finite loss sum per dataset..., finite micro-batches per dataset...]
         stats = torch.zeros(3 + 2 * len(all_names), dtype=torch.float64)
         for i, (a, name) in enumerate(micro):
             batch = self.mixture.loaders[a][name].next()
@@ -235,8 +389,9 @@ class Trainer:
             # A task may count its samples (FLAME batches have no input_ids); else one per input_ids row.
             stats[1] += float(out["samples"]) if "samples" in out else len(batch.get("input_ids", ()))
             stats[2] += float(out.get("tokens", 0))
-            stats[3 + k] += value if math.isfinite(value) else 0.0
-            stats[3 + len(all_names) + k] += 1
+            if math.isfinite(value):  # a NaN loss is counted above, never averaged in as 0
+                stats[3 + k] += value
+                stats[3 + len(all_names) + k] += 1
         stats = D.all_reduce_sum(stats)
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.config.optim.grad_clip
@@ -254,10 +409,11 @@ class Trainer:
                                      "skipped": float(skipped), "lr": self.optimizer.param_groups[0]["lr"]}
         total = 0.0
         for k, name in enumerate(all_names):
+            if name not in names:
+                continue
             n = float(stats[3 + len(all_names) + k])
-            if n > 0:
-                metrics[f"loss/{name}"] = float(stats[3 + k]) / n
-                total += self.mixture.weights[name] * metrics[f"loss/{name}"]
+            metrics[f"loss/{name}"] = float(stats[3 + k]) / n if n > 0 else float("nan")
+            total += self.mixture.weights[name] * metrics[f"loss/{name}"]
         metrics["loss"] = total if not skipped else float("nan")
         return metrics
 
@@ -289,7 +445,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
         t = self.config.train
-        start = time.perf_counter()
+        start = self._fit_start = time.perf_counter()
         self.task.set_train_mode()
         history: list[dict[str, float]] = []
         bar = None
@@ -302,8 +458,9 @@ class Trainer:
             history.append(record)
             self.metrics.write(record)
         last_loss = None
-        window: dict[str, float] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window = self.window
+        if not self.resumed_from:
+            window.reset()
         last_ckpt: Path | None = self.resumed_from
         try:
             while self.step < t.steps:
@@ -319,33 +476,22 @@ class Trainer:
                             "train.precision=fp32, or inspect the data.")
                 else:
                     last_loss = m["loss"]
-                for k, v in m.items():
-                    if k.startswith("loss") and not math.isfinite(v):
-                        continue
-                    window[k] = window.get(k, 0.0) + v
-                window_steps += 1
+                window.add(m)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.1e}")
                 if self.step % t.log_every == 0 or self.step == t.steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": self.step}
-                    for k, v in window.items():
-                        if k in ("samples", "tokens"):
-                            record[f"{k}_per_s"] = v / elapsed
-                        elif k == "skipped":
-                            record["skipped_steps"] = int(v)
-                        else:
-                            record[k] = v / window_steps
+                    record = {"step": self.step, **window.record()}
                     record["nonfinite_steps"] = self.nonfinite_steps
                     record["lr"] = m["lr"]
-                    record["elapsed_s"] = time.perf_counter() - start
+                    record["elapsed_s"] = self.elapsed_before + time.perf_counter() - start
                     self.metrics.write(record)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                        loss = record.get("loss")
+                        bar.set_postfix(loss=f"{loss if loss is not None else float('nan'):.3f}",
                                         samples_s=f"{record['samples_per_s']:.1f}",
                                         tok_s=f"{record['tokens_per_s']:.0f}")
-                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                    window.reset()
                 is_last = self.step == t.steps
                 if self.eval_loaders and (is_last or (t.eval_every and self.step % t.eval_every == 0)):
                     record = {"step": self.step, **self.evaluate()}
@@ -354,7 +500,13 @@ class Trainer:
                     if bar is not None:
                         bar.write(f"step {self.step}: eval loss {record.get('eval/loss', float('nan')):.4f}")
                 if is_last or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
-                    last_ckpt = self.save() or last_ckpt
+                    try:
+                        last_ckpt = self.save() or last_ckpt
+                    except OSError as e:  # the temporary folder is already gone (atomic_path)
+                        raise CheckpointWriteError(
+                            f"could not write the checkpoint of step {self.step} into {self.ckpt_root}: "
+                            f"{e.strerror or e}; the last complete checkpoint ({last_ckpt or 'none'}) is intact"
+                        ) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -366,11 +518,13 @@ class Trainer:
                            eval_history=history, checkpoint=last_ckpt, seconds=time.perf_counter() - start)
 
     def close(self) -> None:
+        self._release()
         D.teardown(self.dist)
 
 
-def train(config: RunConfig, resume: bool = False, task=None) -> TrainResult:
-    trainer = Trainer(config, task=task, resume=resume)
+def train(config: RunConfig, resume: bool = False, task=None, overwrite: bool = False) -> TrainResult:
+    """Run (or with ``resume`` continue) the training ``config`` describes; see :class:`Trainer`."""
+    trainer = Trainer(config, task=task, resume=resume, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:

@@ -95,6 +95,13 @@ class Mixture:
                     raise ValueError(f"the checkpoint has no data position for dataset {name!r}")
                 cl.load_state_dict(state[str(slot)][name])
 
+    def shard_names(self) -> dict[str, list[str]]:
+        """Each dataset's shard files by name, in order (saved with checkpoints: a resume must read the same
+        shards; the folder they are in may move)."""
+        first = self.loaders[0]
+        return {name: [str(s).rstrip("/").rsplit("/", 1)[-1] for s in cl.loader.dataset.shards]
+                for name, cl in first.items()}
+
     def skips(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.loaders:
