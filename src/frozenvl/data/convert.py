@@ -8,6 +8,12 @@
 Each writes shards of `shard_size` samples, shows a progress bar, and returns a `ConvertReport` with what was
 written and what was skipped, by reason. Source images are stored as they are (verified to decode) unless
 `max_size` asks for a downscale.
+
+Bad data: one bad record (a missing or mistyped field, a line that is not JSON or nests deeper than Python's
+stack, a CSV field over the csv module's 131072 characters, a repeated key, a missing, corrupt or oversized image)
+is skipped and counted, never the end of a conversion. A file that cannot be used at all (missing, not UTF-8 text,
+not JSON, not the expected layout, a CSV without the needed columns) is one `ValueError` / `FileNotFoundError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from frozenvl.data.formats import (
     retrieval_record,
     vqa_record,
 )
-from frozenvl.data.shards import ShardWriter
+from frozenvl.data.shards import MAX_MEMBER_BYTES, ShardWriter
 from frozenvl.data.skips import BadSample, SkipCounter
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_path")
@@ -56,13 +62,18 @@ def safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
 
 
-def load_image_bytes(path: Path, max_size: int | None = None) -> bytes:
-    """The image file's bytes, verified to decode; downscaled (longest side <= max_size) when asked."""
+def load_image_bytes(path: Path, max_size: int | None = None, max_pixels: int = 64_000_000) -> bytes:
+    """The image file's bytes, verified to decode; downscaled (longest side <= max_size) when asked. Files over
+    the reader's member cap and images over `max_pixels` (the loader's default) are skipped, as the loader would."""
     if not path.is_file():
         raise BadSample("missing_image", str(path))
+    if path.stat().st_size > MAX_MEMBER_BYTES:
+        raise BadSample("member_too_large", f"{path}: {path.stat().st_size} bytes (cap {MAX_MEMBER_BYTES})")
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise BadSample("image_too_large", f"{path}: {img.width}x{img.height}")
             img.load()
             if max_size is None or max(img.size) <= max_size:
                 return data
@@ -72,6 +83,10 @@ def load_image_bytes(path: Path, max_size: int | None = None) -> bytes:
             buf = io.BytesIO()
             img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
             return buf.getvalue()
+    except BadSample:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadSample("image_too_large", f"{path}: {e}") from None
     except Exception as e:
         raise BadSample("corrupt_image", f"{path}: {type(e).__name__}: {e}") from None
 
@@ -79,22 +94,33 @@ def load_image_bytes(path: Path, max_size: int | None = None) -> bytes:
 def _write(samples: Iterable[RawSample | BadSample], out_dir: str | Path, prefix: str, shard_size: int,
            total: int | None, progress: bool, report: ConvertReport | None = None) -> ConvertReport:
     report = report or ConvertReport()
+    keys: set[str] = set()  # over all shards: a key written twice would be two samples of one name
     with ShardWriter(out_dir, prefix, max_samples=shard_size) as w:
         for s in tqdm(samples, total=total, desc=f"convert {prefix}", disable=not progress):
             if isinstance(s, BadSample):
                 report.skipped.add(s.reason, s.detail)
+            elif s["__key__"] in keys:
+                report.skipped.add("duplicate_key", f"{s['__key__']}: the first record of this key was kept")
             else:
+                keys.add(str(s["__key__"]))
                 w.write(s)
                 report.written += 1
     report.shards = [str(p) for p in w.shards]
     return report
 
 
-def _guard(make: Any) -> RawSample | BadSample:
+# What a malformed record raises when a field has an unexpected type or value (a list where a name goes, an id
+# that cannot be a key): the record is skipped and counted ('bad_field'), with the error in the detail.
+RECORD_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError)
+
+
+def _guard(make: Any, where: str = "record") -> RawSample | BadSample:
     try:
         return make()
     except BadSample as e:
         return e
+    except RECORD_ERRORS as e:
+        return BadSample("bad_field", f"{where}: {type(e).__name__}: {e}")
 
 
 def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any:
@@ -104,22 +130,70 @@ def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any
     return next((v for v in present if v != ""), present[0] if present else None)
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _json_line(line: str | bytes, where: str) -> Any:
+    """One JSONL line, or BadSample('bad_json') naming the file and line."""
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadSample("bad_json", f"{where}: {e}") from None
+    except RecursionError:
+        raise BadSample("bad_json", f"{where}: nested too deeply") from None
+
+
 def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a CSV (with a header) or JSONL caption file."""
+    """Rows of a CSV (with a header) or JSONL caption file. A row that cannot be read (a line that is not JSON,
+    a CSV field over the csv module's limit of 131072 characters) is ``{"__bad__": why, "__reason__": reason}``
+    so that the converter counts it and goes on."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"caption file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "caption file")
+    rows: list[Any] = []
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    rows.append({"__bad__": f"{path}:{n} is not valid JSON"})
+                    rows.append(_json_line(line, f"{path}:{n}"))
+                except BadSample as e:
+                    rows.append({"__bad__": e.detail, "__reason__": e.reason})
         return rows
-    return list(csv.DictReader(io.StringIO(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    while True:
+        try:
+            rows.append(next(reader))
+        except StopIteration:
+            return rows
+        except csv.Error as e:  # the reader goes on with the next line
+            rows.append({"__bad__": f"{path}:{reader.line_num}: {e}", "__reason__": "bad_field"})
+
+
+def _check_columns(path: Path, rows: list[Any], image_column: str | None, caption_column: str | None) -> None:
+    """One clear error for a caption file without the columns a pair needs (a CSV without a header line reads
+    its first row as the header): naming the file, the missing column and the columns it has."""
+    if not rows:
+        raise ValueError(f"caption file {path} has no rows")
+    columns: set[str] = set()
+    for row in rows:
+        if isinstance(row, dict) and "__bad__" not in row:
+            columns.update(str(k) for k in row if k is not None)
+    is_csv = path.suffix.lower() not in (".jsonl", ".json", ".ndjson")
+    for what, given, names, flag in (("image", image_column, IMAGE_COLUMNS, "--image-column"),
+                                     ("caption", caption_column, CAPTION_COLUMNS, "--caption-column")):
+        wanted = (given,) if given is not None else names
+        if not columns or any(n in columns for n in wanted):
+            continue
+        expected = f"column {given!r}" if given is not None else f"{what} column (one of {', '.join(names)}; " \
+                                                                  f"or {flag})"
+        header = f"; the header line is {sorted(columns)} (a CSV needs a header line first)" if is_csv else \
+            f"; the rows have {sorted(columns)}"
+        raise ValueError(f"caption file {path} has no {expected}{header}")
 
 
 def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | Path, *, shard_size: int = 1000,
@@ -130,11 +204,14 @@ def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | P
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     rows = read_caption_rows(captions)
+    _check_columns(Path(captions), rows, image_column, caption_column)
     seen: set[str] = set()
 
     def one(i: int, row: dict[str, Any]) -> RawSample:
         if not isinstance(row, dict) or "__bad__" in row:
-            raise BadSample("bad_json", str(row.get("__bad__", row)) if isinstance(row, dict) else str(row))
+            if isinstance(row, dict):
+                raise BadSample(row.get("__reason__", "bad_json"), str(row["__bad__"]))
+            raise BadSample("bad_json", f"{captions} row {i}: {str(row)[:80]} is not an object")
         name, caption = _pick(row, IMAGE_COLUMNS, image_column), _pick(row, CAPTION_COLUMNS, caption_column)
         if not name:
             raise BadSample("missing_field", f"row {i}: no image column")
@@ -147,10 +224,12 @@ def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | P
             key = safe_key(f"{key}_{i}")
         seen.add(key)
         long_caption = row.get("long_caption") or None
+        if long_caption is not None and not isinstance(long_caption, str):
+            raise BadSample("bad_field", f"row {i}: long_caption {long_caption!r}")
         return pair_sample(key, load_image_bytes(image_dir / str(name), max_size), caption.strip(),
                            long_caption=long_caption, language=row.get("language") or None)
 
-    samples = (_guard(lambda i=i, row=row: one(i, row)) for i, row in enumerate(rows))
+    samples = (_guard(lambda i=i, row=row: one(i, row), f"{captions} row {i}") for i, row in enumerate(rows))
     return _write(samples, out_dir, prefix, shard_size, len(rows), progress)
 
 
@@ -159,9 +238,11 @@ def _load_json(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path, what))
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to read") from None
 
 
 def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str | Path, *,
@@ -171,19 +252,31 @@ def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str 
     if records not in ("pairs", "caption", "retrieval"):
         raise ValueError(f"records must be 'pairs', 'caption' or 'retrieval', got {records!r}")
     coco = _load_json(captions_json, "COCO captions file")
-    if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
-        raise ValueError(f"{captions_json} is not a COCO captions file (needs 'images' and 'annotations')")
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
+            or not isinstance(coco.get("annotations"), list):
+        raise ValueError(f"{captions_json} is not a COCO captions file (needs 'images' and 'annotations' lists)")
     image_dir = Path(image_dir)
-    files = {img["id"]: img.get("file_name") for img in coco["images"] if isinstance(img, dict) and "id" in img}
+    report = ConvertReport()
+    files: dict[Any, Any] = {}
+    for img in coco["images"]:
+        if isinstance(img, dict) and isinstance(img.get("id"), int | str) and not isinstance(img["id"], bool):
+            files.setdefault(img["id"], img.get("file_name"))
+        else:
+            report.skipped.add("bad_field", f"{captions_json}: image entry {str(img)[:80]} (needs an int or str 'id')")
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for ann in coco["annotations"]:
-        if isinstance(ann, dict):
-            by_image[ann.get("image_id")].append(ann)
-    report = ConvertReport()
+        if isinstance(ann, dict) and isinstance(ann.get("image_id"), int | str) and not isinstance(ann["image_id"],
+                                                                                                 bool):
+            by_image[ann["image_id"]].append(ann)
+        else:
+            report.skipped.add("bad_field", f"{captions_json}: annotation {str(ann)[:80]} (needs an int or str "
+                                            "'image_id')")
 
     def image(image_id: Any) -> bytes:
         if image_id not in files or not files[image_id]:
             raise BadSample("missing_field", f"image {image_id} is not in 'images'")
+        if not isinstance(files[image_id], str):
+            raise BadSample("bad_field", f"image {image_id}: file_name {files[image_id]!r}")
         return load_image_bytes(image_dir / files[image_id], max_size)
 
     def per_image(image_id: Any) -> RawSample:
@@ -204,19 +297,24 @@ def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str 
             except BadSample as e:
                 yield from (e for _ in anns)
                 continue
+            except RECORD_ERRORS as e:
+                bad = BadSample("bad_field", f"{captions_json}: image {image_id!r}: {type(e).__name__}: {e}")
+                yield from (bad for _ in anns)
+                continue
             for a in anns:
                 cap = a.get("caption")
                 if not isinstance(cap, str) or not cap.strip():
                     yield BadSample("empty_text" if isinstance(cap, str) else "missing_field", f"ann {a.get('id')}")
                     continue
-                yield pair_sample(safe_key(f"coco{image_id}_{a.get('id')}"), data, cap.strip(),
-                                  extra={"image_id": image_id})
+                yield _guard(lambda a=a, cap=cap, image_id=image_id, data=data: pair_sample(
+                    safe_key(f"coco{image_id}_{a.get('id')}"), data, cap.strip(), extra={"image_id": image_id}),
+                             f"{captions_json}: annotation {a.get('id')!r}")
 
     if records == "pairs":
         samples: Iterable[RawSample | BadSample] = pairs()
         total = sum(len(v) for v in by_image.values())
     else:
-        samples = (_guard(lambda i=i: per_image(i)) for i in by_image)
+        samples = (_guard(lambda i=i: per_image(i), f"{captions_json}: image {i!r}") for i in by_image)
         total = len(by_image)
     return _write(samples, out_dir, prefix or f"coco-{records}", shard_size, total, progress, report)
 
@@ -244,8 +342,9 @@ def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: st
         if not isinstance(anns, dict) or not isinstance(anns.get("annotations"), list):
             raise ValueError(f"{annotations_json} is not a VQAv2 annotations file (needs 'annotations')")
         for a in anns["annotations"]:
-            if isinstance(a, dict) and isinstance(a.get("answers"), list):
-                answers[a.get("question_id")] = [x.get("answer") for x in a["answers"] if isinstance(x, dict)]
+            if isinstance(a, dict) and isinstance(a.get("answers"), list) \
+                    and isinstance(a.get("question_id"), int | str):
+                answers[a["question_id"]] = [x.get("answer") for x in a["answers"] if isinstance(x, dict)]
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
@@ -253,7 +352,9 @@ def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: st
 
     def one(q: Any) -> RawSample:
         if not isinstance(q, dict) or "question_id" not in q or "image_id" not in q:
-            raise BadSample("missing_field", f"question {q!r}")
+            raise BadSample("missing_field", f"{questions_json}: question {str(q)[:80]}")
+        if not isinstance(q["question_id"], int | str) or isinstance(q["question_id"], bool):
+            raise BadSample("bad_field", f"{questions_json}: question_id {q['question_id']!r}")
         question = q.get("question")
         if not isinstance(question, str) or not question.strip():
             raise BadSample("empty_text", f"question {q.get('question_id')}")
@@ -268,7 +369,7 @@ def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: st
                           ans, question_id=q["question_id"], extra={"image_id": q["image_id"],
                                                                     "has_answers": annotations_json is not None})
 
-    samples = (_guard(lambda q=q: one(q)) for q in qs["questions"])
+    samples = (_guard(lambda q=q: one(q), f"{questions_json}: question {i}") for i, q in enumerate(qs["questions"]))
     return _write(samples, out_dir, prefix, shard_size, len(qs["questions"]), progress)
 
 
@@ -280,14 +381,11 @@ def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, 
     if not path.is_file():
         raise FileNotFoundError(f"MMC4 jsonl not found: {path}")
     image_dir = Path(image_dir)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().splitlines()  # decoded line by line: one bad line is one skipped document
     report = ConvertReport()
 
-    def one(n: int, line: str) -> RawSample:
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadSample("bad_json", f"{path}:{n}: {e}") from None
+    def one(n: int, line: bytes) -> RawSample:
+        doc = _json_line(line, f"{path}:{n}")
         if not isinstance(doc, dict) or not isinstance(doc.get("text_list"), list):
             raise BadSample("missing_field", f"{path}:{n}: no text_list")
         text_list = doc["text_list"]
@@ -297,8 +395,11 @@ def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, 
             if not isinstance(idx, int) or not 0 <= idx < len(text_list) or not info.get("image_name"):
                 report.skipped.add("bad_field", f"{path}:{n}: image_info {info!r}")
                 continue
+            if not isinstance(info["image_name"], str):
+                report.skipped.add("bad_field", f"{path}:{n}: image_name {info['image_name']!r}")
+                continue
             try:
-                data = load_image_bytes(image_dir / str(info["image_name"]), max_size)
+                data = load_image_bytes(image_dir / info["image_name"], max_size)
             except BadSample as e:  # one missing image does not lose the page
                 report.skipped.add(e.reason, e.detail)
                 continue
@@ -317,5 +418,6 @@ def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, 
         extra = {k: doc[k] for k in ("url",) if isinstance(doc.get(k), str)}
         return interleaved_sample(safe_key(f"{prefix}{n:08d}"), texts, images, similarities=sims, extra=extra)
 
-    samples = (_guard(lambda n=n, line=line: one(n, line)) for n, line in enumerate(lines) if line.strip())
+    samples = (_guard(lambda n=n, line=line: one(n, line), f"{path}:{n}") for n, line in enumerate(lines)
+               if line.strip())
     return _write(samples, out_dir, prefix, shard_size, len(lines), progress, report)
