@@ -68,14 +68,18 @@ def test_generate_passes_the_decoding_controls(monkeypatch, capsys):
 
     seen = {}
 
+    from transformers import BatchFeature
+
     class Processor:
         def __call__(self, texts, media, padding_side):
-            return {"input_ids": torch.ones(1, 3, dtype=torch.long)}
+            return BatchFeature({"input_ids": torch.ones(1, 3, dtype=torch.long)})
 
         def batch_decode_new(self, out, length):
             return ["done"]
 
     class Model:
+        device = torch.device("cpu")  # the batch is moved here
+
         def generate(self, **kwargs):
             seen.update(kwargs)
             return torch.ones(1, 5, dtype=torch.long)

@@ -16,10 +16,16 @@ files beside, so ``Model.from_pretrained(checkpoint)`` reads it.
 The Hugging Face Hub holds the same two files: ``Model.from_pretrained("org/name", revision=...)`` downloads them
 into the Hugging Face cache with ``huggingface_hub`` (only the cache with ``HF_HUB_OFFLINE=1``), and
 ``model.push_to_hub("org/name")`` uploads them with a generated model card (``README.md``).
+
+Devices and dtypes as in transformers: ``from_pretrained(..., dtype=torch.bfloat16, device="cuda")`` loads the
+whole model in that dtype on that device, and every model has ``.device`` and ``.dtype``. :func:`as_device` and
+:func:`as_dtype` check such arguments (an unusable device, such as ``cuda`` on a machine without a GPU, is one
+error saying so).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -34,6 +40,61 @@ from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import atomic_path
 
 M = TypeVar("M", bound="PretrainedModel")
+
+# The dtypes a model may be loaded or built in, by name (as transformers' ``dtype="bfloat16"``).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_dtype(dtype: torch.dtype | str, where: str = "dtype") -> torch.dtype:
+    """``dtype`` as a floating ``torch.dtype``: a ``torch.dtype`` or a name of :data:`DTYPES` (``"bfloat16"``,
+    ``"torch.bfloat16"``); anything else is an error naming ``where``."""
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(f"{where} must be a floating torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def as_device(device: str | torch.device | int, where: str = "device") -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or a GPU index) as a ``torch.device`` this
+    machine has; an unknown name, or a device it does not have (``cuda`` without a GPU, ``cuda:3`` with two), is
+    one error naming ``where``."""
+    try:
+        resolved = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{where} {device!r} is not a device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where} {device}: CUDA is not available on this machine (no GPU, or a CPU-only "
+                             "PyTorch); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"{where} {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{where} {device}: MPS is not available on this machine; use cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, resolved.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"{where} {device}: this PyTorch has no usable {resolved.type} device; use cpu")
+    return resolved
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is available, else ``cpu`` (the default device of the commands)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _single_device(device: str | torch.device | int | None, device_map: Any) -> torch.device | None:
+    """The one device of ``from_pretrained``'s ``device`` or transformers-style ``device_map`` (a single device;
+    ``"auto"``: the GPU when there is one, else the CPU)."""
+    if device is not None and device_map is not None:
+        raise ValueError("pass device or device_map, not both")
+    if device_map is None:
+        return None if device is None else as_device(device)
+    if isinstance(device_map, dict):
+        raise ValueError("device_map: a frozenvl model is placed whole on one device; pass a single device "
+                         "(device='cuda:0', device_map=0), not a per-module map")
+    return default_device() if device_map == "auto" else as_device(device_map, "device_map")
 
 
 def write_pretrained(folder: str | os.PathLike, model_type: str, config: Any, tensors: dict[str, torch.Tensor]) -> None:
@@ -179,6 +240,19 @@ class PretrainedModel:
     config_class: ClassVar[type]
     config: Any
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (all of them after ``model.to(device)``), as transformers'
+        ``model.device``."""
+        return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's first floating parameter (all of them after ``build(dtype=...)``,
+        ``from_pretrained(dtype=...)`` or ``model.to(dtype)``), as transformers' ``model.dtype``."""
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
+
     def saved_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors ``save_pretrained`` writes (and a training checkpoint holds): the whole state dict."""
         return self.state_dict()
@@ -191,11 +265,12 @@ class PretrainedModel:
                              f"unexpected {unexpected[:5]}")
 
     @classmethod
-    def from_config(cls: type[M], config: Any, **kwargs: Any) -> M:
-        """A fresh model of ``config`` (weights not loaded yet)."""
+    def from_config(cls: type[M], config: Any, *, dtype: torch.dtype | None = None, **kwargs: Any) -> M:
+        """A fresh model of ``config`` (weights not loaded yet), all of it in ``dtype`` when given."""
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}")
-        return cls(config)
+        model = cls(config)
+        return model if dtype is None else model.to(dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` atomically: a kill leaves the previous folder (if any) or
@@ -207,6 +282,8 @@ class PretrainedModel:
     @classmethod
     def from_pretrained(cls: type[M], name_or_folder: str | os.PathLike, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                        dtype: torch.dtype | str | None = None, device: str | torch.device | int | None = None,
+                        torch_dtype: torch.dtype | str | None = None, device_map: Any = None,
                         **kwargs: Any) -> M:
         """The model saved in a folder (by :meth:`save_pretrained` or as a training checkpoint) or in a Hub repo
         (``"org/name"``, pushed by :meth:`push_to_hub`).
@@ -214,12 +291,26 @@ class PretrainedModel:
         ``revision`` (a branch, tag or commit), ``cache_dir`` (the Hugging Face cache, else ``HF_HUB_CACHE``) and
         ``token`` apply to a Hub repo only (see :func:`resolve_folder`; ``HF_HUB_OFFLINE=1`` reads the cache
         only). Other keyword arguments go to :meth:`from_config`.
+
+        ``dtype`` (transformers' name; ``torch_dtype``, its older one, is accepted too): the whole model - frozen
+        backbones and trained parts - in that dtype (a ``torch.dtype``, ``"bfloat16"``..., or ``"auto"``: the dtype
+        of the saved tensors); by default float32. ``device`` (or ``device_map`` as a single device, as
+        transformers takes it; ``"auto"``: the GPU when there is one): where the whole model goes once loaded
+        (``"cuda"``, ``"cuda:1"``, ``torch.device``, a GPU index); an unusable one is an error before anything loads.
         """
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass dtype only")
+        dtype = dtype if dtype is not None else torch_dtype
+        target = _single_device(device, device_map)
+        if dtype is not None and dtype != "auto":
+            dtype = as_dtype(dtype)
         folder = resolve_folder(name_or_folder, revision=revision, cache_dir=cache_dir, token=token)
         config, tensors = read_pretrained(folder, cls.model_type, cls.config_class)
-        model = cls.from_config(config, **kwargs)
+        if dtype == "auto":
+            dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+        model = cls.from_config(config, dtype=dtype, **kwargs)
         model.load_saved_state_dict(tensors)
-        return model
+        return model if target is None else model.to(target)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
                     commit_message: str | None = None, revision: str | None = None,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from frozenvl.cli.devices import add_device_arguments, device_and_dtype
 from frozenvl.eval.tasks import TASKS, TaskSpec, get_task
 
 
@@ -50,17 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-prompts", action="store_true", help="store each query's prompt in the JSON")
     p.add_argument("--out", help="output folder (default: runs/eval/<task>)")
     p.add_argument("--no-progress", action="store_true")
+    add_device_arguments(p)
     return parser
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import frozenvl.flamingo as fl
 
+    device, dtype = device_and_dtype(args)
     if args.model:
         if not Path(args.model).is_dir():
             raise FileNotFoundError(f"model folder {args.model} does not exist")
-        return fl.load_pretrained(args.model)
-    return fl.build(lm=args.lm, vision=args.vision)
+        return fl.load_pretrained(args.model, dtype=dtype, device=device)
+    return fl.build(lm=args.lm, vision=args.vision, dtype=dtype, device=device)
 
 
 def _read(spec: TaskSpec, paths: Sequence[str], image_root: str | None, split: str | list[str] | None,
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from frozenvl.eval.harness import EvalConfig, evaluate, format_summary
 
     spec = get_task(args.task)
+    device_and_dtype(args)  # an unusable --device fails before any data is read
     for path in args.data:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--data {path} does not exist")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from frozenvl.cli.devices import add_device_arguments, device_and_dtype
 from frozenvl.cli.errors import CLIError
 
 SKIMAGE_PREFIX = "skimage:"
@@ -53,11 +54,13 @@ class _AppendMedia(argparse.Action):
 def _load_flamingo(args):
     import frozenvl.flamingo as fl
 
+    device, dtype = device_and_dtype(args)
     if args.model:
         if not Path(args.model).is_dir():
             raise CLIError(f"model folder {args.model} does not exist")
-        return fl.load_pretrained(args.model)
-    return fl.build(lm=args.lm, vision=args.vision, cross_attn_every=args.cross_attn_every)
+        return fl.load_pretrained(args.model, dtype=dtype, device=device)
+    return fl.build(lm=args.lm, vision=args.vision, cross_attn_every=args.cross_attn_every, dtype=dtype,
+                    device=device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
              for kind, value in args.media or []]
     model, processor = _load_flamingo(args)
     torch.manual_seed(args.seed)
-    batch = processor([args.prompt], [media], padding_side="left")
+    batch = processor([args.prompt], [media], padding_side="left").to(model.device)
     out = model.generate(**batch, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                          do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                          repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
@@ -99,4 +102,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
     gen.add_argument("--min-new-tokens", type=int, default=0, help="no stop before this many new tokens")
     gen.add_argument("--seed", type=int, default=0)
+    add_device_arguments(gen)
     gen.set_defaults(func=run, media=[])

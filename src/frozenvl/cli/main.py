@@ -48,9 +48,21 @@ DELEGATED = {
 }
 
 
+def _apply_threads() -> None:
+    """Torch threads = the cores actually free (frozenvl.cli.threads); a run config's train.threads still wins."""
+    from frozenvl.cli.threads import apply_thread_policy
+
+    logging.getLogger("frozenvl").info(apply_thread_policy().describe())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _apply_threads()
+    except ValueError as e:  # FROZENVL_THREADS / OMP_NUM_THREADS not a positive integer
+        print(f"frozenvl: error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] in DELEGATED:  # these subcommands own their whole argument list, --help included
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)

@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from frozenvl.train.loop import CheckpointWriteError, NonFiniteLossError, train
 
+    if "LOCAL_WORLD_SIZE" in os.environ:  # torchrun: its processes share the free cores (frozenvl.cli.threads)
+        from frozenvl.cli.threads import apply_thread_policy
+
+        logging.getLogger("frozenvl").info(apply_thread_policy(int(os.environ["LOCAL_WORLD_SIZE"])).describe())
+
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except (NonFiniteLossError, CheckpointWriteError) as e:

@@ -88,11 +88,12 @@ class VisionFeatures:
     @torch.no_grad()
     def __call__(self, records: Sequence[EvalRecord]) -> np.ndarray:  # -> (N, D)
         todo = list({r.key: r for r in records if r.key not in self._cache}.values())
-        device = next(self.model.parameters()).device
+        vision_weight = next(self.model.vision.parameters())  # the encoder's device and dtype
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
             frames = [media_tensor(self.processor, r.media) for r in batch]
-            feats = self.model.vision(torch.cat(frames).to(device)).float()  # (sum F, tokens, D)
+            pixels = torch.cat(frames).to(vision_weight.device, vision_weight.dtype)  # (sum F, C, H, W)
+            feats = self.model.vision(pixels).float()  # (sum F, tokens, D)
             for record, chunk in zip(batch, feats.split([len(f) for f in frames])):
                 vec = chunk.mean(dim=(0, 1))
                 self._cache[record.key] = (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()

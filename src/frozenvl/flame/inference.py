@@ -31,8 +31,8 @@ def image_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Seq
 def encode_image(model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """(N, 3, H, W) -> (N, D) L2-normalised image embeddings."""
     model.eval()
-    device = next(model.parameters()).device
-    out = [model.encode_image(images[i:i + batch_size].to(device)).float().cpu()
+    weight = next(model.parameters())  # the images go to the model's device, in its dtype
+    out = [model.encode_image(images[i:i + batch_size].to(weight.device, weight.dtype)).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, model.config.text_dim)
 

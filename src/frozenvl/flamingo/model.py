@@ -244,11 +244,14 @@ class Flamingo(PretrainedModel, nn.Module):
     # ------------------------------------------------------------------------------------- save and load
     @classmethod
     def from_backbones(cls, config: FlamingoConfig, lm: str | nn.Module, vision: str | nn.Module, tokenizer=None,
-                       dtype: torch.dtype = torch.float32) -> Flamingo:
+                       dtype: torch.dtype | None = None) -> Flamingo:
         """A fresh Flamingo around frozen backbones given as sources (see :func:`frozenvl.flamingo.build`) or
-        instances; ``config.lm`` / ``config.vision`` record the sources (``<instance:...>`` for instances)."""
+        instances; ``config.lm`` / ``config.vision`` record the sources (``<instance:...>`` for instances).
+        ``dtype``: the whole model in it (a source LM is loaded in it; instances are cast in place, as
+        ``nn.Module.to`` does); ``None`` leaves instances as they are and builds the rest in float32."""
         config = replace(config, lm=describe_source(lm), vision=describe_source(vision))
-        return cls(config, build_frozen_lm(lm, tokenizer, dtype), build_vision(vision))
+        model = cls(config, build_frozen_lm(lm, tokenizer, dtype or torch.float32), build_vision(vision))
+        return model if dtype is None else model.to(dtype)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -290,14 +293,16 @@ class Flamingo(PretrainedModel, nn.Module):
         self._load_named({**own, **self._saved_frozen()}, tensors)
 
     @classmethod
-    def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, **overrides) -> Flamingo:
+    def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, *,
+                    dtype: torch.dtype | None = None, **overrides) -> Flamingo:
         """A fresh Flamingo of ``config`` (fields replaced by ``overrides``) around its backbones: loaded from the
-        sources in the config, or taken from ``lm``/``tokenizer``/``vision`` (instances or sources) when given.
+        sources in the config, or taken from ``lm``/``tokenizer``/``vision`` (instances or sources) when given;
+        all of it in ``dtype`` when given (see :meth:`from_backbones`).
         ``Flamingo.from_pretrained(folder, lm=..., vision=..., num_latents=...)`` passes its arguments here."""
         if overrides:
             config = replace(config, **overrides)
         return cls.from_backbones(config, lm=lm if lm is not None else config.lm, tokenizer=tokenizer,
-                                  vision=vision if vision is not None else config.vision)
+                                  vision=vision if vision is not None else config.vision, dtype=dtype)
 
 
 def describe_source(source) -> str:

@@ -1,0 +1,270 @@
+"""Devices and dtypes: ``--device`` / ``--dtype`` on every command that runs a model, ``build(dtype=, device=)``,
+``from_pretrained(dtype=, device=)``, the models' ``.device`` / ``.dtype``, and bf16 forward, generation and
+training of a tiny Flamingo on the CPU (compared with the same model in float32)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from frozenvl.cli import main
+from frozenvl.flame.baseline import ClipBaseline, baseline_config
+from frozenvl.flame.model import FlameModel, flame_config
+from frozenvl.flamingo import Flamingo, build
+from frozenvl.testing import TINY_FLAMINGO, images, tiny_lm, tiny_tokenizer, tiny_vision
+
+MODEL_COMMANDS = [["generate"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"]]
+BF16 = torch.bfloat16
+
+
+def _floating(model: torch.nn.Module) -> set[torch.dtype]:
+    return {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+
+
+def _tiny(dtype: torch.dtype | None = None, **kwargs):
+    model, processor = build(lm=tiny_lm("llama", seed=1), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=1),
+                             dtype=dtype, **{**TINY_FLAMINGO, **kwargs})
+    with torch.no_grad():  # open the gates (0 at init), so that the images matter
+        for name, p in model.named_parameters():
+            if name.endswith("gate.alpha"):
+                p.fill_(0.7)
+    return model.eval(), processor
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without a GPU, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def backbone_folders(tmp_path_factory):
+    """A tiny LM (with its tokenizer) and a tiny transformers vision model saved as folders: sources for the
+    commands' --lm and --vision hf:FOLDER."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    root = tmp_path_factory.mktemp("backbones")
+    tiny_lm("llama").save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(root / "vit")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    return root / "lm", root / "vit"
+
+
+# ------------------------------------------------------------------------------------------ the commands
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
+def test_every_model_command_takes_device_and_dtype(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "--dtype" in out and "bfloat16" in out
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
+def test_cuda_without_a_gpu_is_one_error_line(command, no_gpu, tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"key": "a", "caption": "a red cube"}) + "\n")
+    rest = {"generate": ["--prompt", "hello"],
+            "eval": ["--task", "synth_icl_words", "--data", str(tmp_path)],
+            "embed": ["--input", str(captions), "--out", str(tmp_path / "store")],
+            "eval-flame": ["--checkpoint", str(tmp_path), "--task", "retrieval", "--format", "karpathy",
+                           "--data", str(captions)]}
+    key = "eval-flame" if command == ["flame", "eval"] else command[-1] if command[0] != "eval" else "eval"
+    code = main([*command, *rest[key], "--device", "cuda"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, err  # one line, no traceback
+    assert "--device cuda: CUDA is not available" in err
+
+
+def test_generate_runs_the_model_in_the_chosen_dtype(backbone_folders, monkeypatch, capsys):
+    lm_dir, vit_dir = backbone_folders
+    seen = []
+    original = Flamingo.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.dtype, _floating(self), self.device, kwargs["pixel_values"].device))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Flamingo, "generate", spy)
+    code = main(["generate", "--prompt", "<image>Output:", "--image", "skimage:chelsea", "--lm", str(lm_dir),
+                 "--vision", f"hf:{vit_dir}", "--cross-attn-every", "2", "--max-new-tokens", "3", "--num-beams", "2",
+                 "--dtype", "bfloat16", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert seen == [(BF16, {BF16}, torch.device("cpu"), torch.device("cpu"))]
+
+
+def test_eval_flamingo_loads_the_model_in_the_chosen_dtype(backbone_folders, tmp_path):
+    from frozenvl.cli.devices import resolve_device
+    from frozenvl.cli.eval import build_parser, load_model
+
+    lm_dir, vit_dir = backbone_folders
+    args = build_parser().parse_args(["flamingo", "--task", "synth_icl_words", "--data", str(tmp_path),
+                                      "--lm", str(lm_dir), "--vision", f"hf:{vit_dir}", "--dtype", "bfloat16",
+                                      "--device", "cpu"])
+    model, _ = load_model(args)
+    assert model.dtype == BF16 and _floating(model) == {BF16} and model.device == torch.device("cpu")
+    model.save_pretrained(tmp_path / "saved")
+    args = build_parser().parse_args(["flamingo", "--task", "synth_icl_words", "--data", str(tmp_path),
+                                      "--model", str(tmp_path / "saved"), "--dtype", "float16"])
+    model, _ = load_model(args)  # the saved model and its backbones (by source), in float16
+    assert _floating(model) == {torch.float16} and model.device == resolve_device(None)
+
+
+def test_flame_embed_and_eval_in_bfloat16(backbone_folders, tmp_path, capsys):
+    from PIL import Image
+
+    lm_dir, _ = backbone_folders
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"key": f"k{i}", "caption": f"a red cube {i}"}) + "\n"
+                                for i in range(3)))
+    stores = {}
+    for dtype in ("float32", "bfloat16"):
+        assert main(["flame", "embed", "--input", str(captions), "--out", str(tmp_path / dtype), "--lm", str(lm_dir),
+                     "--prompts", "short", "--no-progress", "--dtype", dtype, "--device", "cpu"]) == 0
+        capsys.readouterr()
+        from frozenvl.flame.store import EmbeddingStore
+
+        stores[dtype] = EmbeddingStore(tmp_path / dtype).get_batch(["k0", "k1", "k2"])  # (3, K, D) unit rows
+    # The LM in bf16 gives the float32 embeddings up to bf16 rounding (cosine of each facet near 1).
+    cosine = (stores["float32"] * stores["bfloat16"]).sum(-1)
+    assert cosine.min() > 0.98 and not torch.equal(stores["float32"], stores["bfloat16"])
+
+    (tmp_path / "cls" / "red").mkdir(parents=True)
+    Image.new("RGB", (36, 36), (255, 0, 0)).save(tmp_path / "cls" / "red" / "0.png")
+    FlameModel(flame_config("tiny", text_dim=32, text={"lm": str(lm_dir), "layer": 3})).save_pretrained(
+        tmp_path / "ckpt")
+    assert main(["flame", "eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "zero-shot", "--format",
+                 "imagefolder", "--data", str(tmp_path / "cls"), "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 1
+
+
+# ------------------------------------------------------------------------------------------ the helpers
+def test_device_and_dtype_names(no_gpu, monkeypatch):
+    from frozenvl.cli.devices import resolve_device, resolve_dtype
+    from frozenvl.pretrained import as_device
+
+    assert resolve_device(None) == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32 and resolve_dtype("bfloat16") == BF16
+    with pytest.raises(ValueError, match="'gpu' is not a device"):
+        as_device("gpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        as_device(0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_device(None) == torch.device("cuda") and as_device(1) == torch.device("cuda", 1)
+    assert resolve_dtype("auto", torch.device("cuda")) == BF16
+    with pytest.raises(ValueError, match="2 GPU"):
+        as_device("cuda:3")
+
+
+# ------------------------------------------------------------------------------------------ the API
+def test_build_casts_the_whole_model_and_keeps_instances_as_they_are_by_default():
+    model, _ = _tiny(BF16)
+    assert _floating(model) == {BF16} and model.dtype == BF16  # frozen backbones and trainable parts alike
+    assert all(p.dtype == BF16 for p in model.parameters() if p.requires_grad)
+    lm = tiny_lm("llama").to(BF16)
+    model, _ = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), **TINY_FLAMINGO)
+    assert model.lm.model.embed_tokens.base.weight.dtype == BF16  # an instance is left as it came
+    assert model.resampler.latents.dtype == torch.float32  # and the new parts in float32, as before
+    model, _ = build(lm=tiny_lm("llama"), tokenizer=tiny_tokenizer(), vision=tiny_vision(), dtype="float16",
+                     device="cpu", **TINY_FLAMINGO)
+    assert _floating(model) == {torch.float16} and model.device == torch.device("cpu")
+
+
+def test_bf16_forward_and_generate_on_cpu_match_float32():
+    fp32, processor = _tiny()
+    bf16, _ = _tiny(BF16)
+    batch = processor(["<image>a cat<|endofchunk|><image>a"], [images(2, seed=2)])
+    with torch.no_grad():
+        ref = fp32(**batch).logits  # (1, L, V)
+        out = bf16(**batch).logits
+    assert out.dtype == BF16 and torch.isfinite(out).all()
+    # bf16 keeps 8 bits of mantissa: the logits agree to a few thousandths (0.003 of 0.34 measured; moving the
+    # resampler's weights by 0.05 moves them by 0.07).
+    assert (out.float() - ref).abs().max() < 0.03 * ref.abs().max()
+    for num_beams in (1, 2):
+        tokens = bf16.generate(**batch, max_new_tokens=4, num_beams=num_beams)
+        prompt = batch["input_ids"].shape[1]
+        assert tokens.shape[0] == 1 and prompt < tokens.shape[1] <= prompt + 4
+        assert torch.equal(tokens[:, :prompt], batch["input_ids"])
+        assert (tokens[:, prompt:] != bf16.image_token_id).all()
+
+
+def test_few_shot_evaluation_with_rices_in_bf16():
+    from frozenvl.eval import get_task
+    from frozenvl.eval.harness import EvalConfig, FewShotHarness, TaskData
+    from frozenvl.eval.records import EvalRecord
+
+    model, processor = _tiny()
+    model.to(BF16)  # the vision encoder too: the harness feeds it bf16 pixels
+    imgs = images(6, seed=9)
+    pool = [EvalRecord(key=f"p{i}", image=img, label=i % 2) for i, img in enumerate(imgs[:4])]
+    twin = EvalRecord(key="twin", image=imgs[5].clone(), label=1)
+    data = TaskData(queries=[EvalRecord(key="q", image=imgs[5], label=1)], pool=[*pool, twin],
+                    class_names=["red circle", "blue star"])
+    results = FewShotHarness(model, processor, EvalConfig(shots=(2,), rices=True)).run(
+        get_task("synth_classification"), data, progress=False)
+    prediction = results.runs[0]["predictions"][0]
+    assert prediction["demos"][-1] == "twin"  # the encoder ran in bf16 and found the same image
+    assert prediction["answer"] in data.class_names
+
+
+def test_bf16_training_steps_on_cpu():
+    model, processor = _tiny(BF16)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    batch = processor(["<image>a red cube<|endofchunk|>", "<image>two blue stars<|endofchunk|>"],
+                      [images(1, seed=4), images(1, seed=5)])
+    for _ in range(3):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is None or (p.grad.dtype == BF16 and torch.isfinite(p.grad).all()) for p in trainable)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(p.dtype == BF16 for p in trainable)
+    assert sum(not torch.equal(a, p) for a, p in zip(before, trainable)) > len(trainable) // 2
+
+
+def test_from_pretrained_in_bf16_on_cpu(tmp_path, no_gpu):
+    model, _ = _tiny()
+    model.save_pretrained(tmp_path / "fp32")
+    backbones = dict(lm=tiny_lm("llama", seed=1), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=1))
+    loaded = Flamingo.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16, device="cpu", **backbones)
+    assert _floating(loaded) == {BF16} and (loaded.dtype, loaded.device) == (BF16, torch.device("cpu"))
+    saved = model.saved_state_dict()
+    for name, tensor in loaded.saved_state_dict().items():
+        assert torch.equal(tensor, saved[name].to(BF16)), name  # the saved weights, rounded to bf16
+
+    loaded.save_pretrained(tmp_path / "bf16")  # "auto": the dtype of the saved tensors, as in transformers
+    backbones = dict(lm=tiny_lm("llama", seed=1), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=1))
+    assert Flamingo.from_pretrained(tmp_path / "bf16", dtype="auto", **backbones).dtype == BF16
+    backbones = dict(lm=tiny_lm("llama", seed=1), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=1))
+    again = Flamingo.from_pretrained(tmp_path / "bf16", torch_dtype=torch.float16, device_map="cpu", **backbones)
+    assert _floating(again) == {torch.float16}  # transformers' older names
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Flamingo.from_pretrained(tmp_path / "bf16", device="cuda")  # before anything loads
+    with pytest.raises(ValueError, match="per-module map"):
+        Flamingo.from_pretrained(tmp_path / "bf16", device_map={"lm": 0})
+
+
+@pytest.mark.parametrize("kind", ["flame", "clip_baseline"])
+def test_device_and_dtype_of_the_towers(kind, tmp_path):
+    model = (FlameModel(flame_config("tiny", text_dim=16)) if kind == "flame"
+             else ClipBaseline(baseline_config("tiny", embed_dim=16)))
+    assert (model.dtype, model.device) == (torch.float32, torch.device("cpu"))
+    model.save_pretrained(tmp_path / "saved")
+    loaded = type(model).from_pretrained(tmp_path / "saved", dtype=torch.bfloat16, device="cpu")
+    assert _floating(loaded) == {BF16} and (loaded.dtype, loaded.device) == (BF16, torch.device("cpu"))
+    state = model.state_dict()
+    assert all(torch.equal(t, state[n].to(t.dtype)) for n, t in loaded.state_dict().items())
+    assert model.to(torch.float16).dtype == torch.float16
