@@ -69,7 +69,7 @@ def test_killed_run_resumes_to_identical_store(tmp_path, encoder, monkeypatch):
     assert _files(tmp_path / "resumed") == _files(tmp_path / "full")
     # A rerun of a complete store adds nothing.
     again = embed_to_store(RECORDS + RECORDS[:2], encoder, tmp_path / "full", shard_size=4, progress=False)
-    assert again.written == 0 and again.already_stored == 14
+    assert again.written == 0 and again.already_stored == 12 and again.duplicates == 2
     assert len(EmbeddingStore(tmp_path / "full").keys()) == 12
 
 
@@ -89,6 +89,19 @@ def test_duplicates_and_empty_captions_are_skipped_and_counted(tmp_path, encoder
     report = embed_to_store(records, encoder, tmp_path / "s", progress=False)
     assert (report.written, report.duplicates, report.empty) == (2, 1, 1)
     assert sorted(EmbeddingStore(tmp_path / "s").keys()) == ["a", "c"]
+    # A key repeated after its first occurrence was committed is still a duplicate of this run, not "stored".
+    records = [("x", "one"), ("y", "two"), ("z", "three"), ("x", "again"), ("a", "stored before")]
+    report = embed_to_store(records, encoder, tmp_path / "s", commit_every=2, progress=False)
+    assert (report.written, report.duplicates, report.already_stored) == (3, 1, 1)
+    assert len(report.shards) == 2
+
+
+def test_progress_counts_captions_encoded(tmp_path, encoder, capsys):
+    records = RECORDS[:4] + RECORDS[:2]  # 4 captions to encode, 2 duplicates
+    report = embed_to_store(records, encoder, tmp_path / "s", batch_size=3, commit_every=4, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "4captions" in bar and "captions/s" in bar, bar
+    assert report.to_dict()["captions_per_s"] > 0
 
 
 def _add(tar, name, data):

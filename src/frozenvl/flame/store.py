@@ -7,10 +7,11 @@ Layout of a store folder::
     shard-00000.npy          (N, K, D) float16, L2-normalised facet embeddings
     shard-00000.keys.json    the N sample keys of that shard, row order
 
-Writing is resumable: a shard is written atomically (keys, then array), and only then recorded in the manifest
-(atomically). A run killed at any moment leaves either a recorded shard or an unrecorded one that the next run
-overwrites under the same name; keys already recorded are skipped, so a killed and rerun job gives the same
-store as an uninterrupted one, with no duplicates. A store refuses to be extended with other metadata.
+Writing is resumable: a shard (``commit_every`` captions, 256 by default) is written atomically (keys, then
+array), and only then recorded in the manifest (atomically). A run killed at any moment leaves either a
+recorded shard or an unrecorded one that the next run overwrites under the same name; keys already recorded are
+skipped, so a killed and rerun job gives the same store as an uninterrupted one, with no duplicates. A store
+refuses to be extended with other metadata.
 
 Reading memory-maps the shards; :meth:`EmbeddingStore.join` attaches embeddings to image samples by key.
 """
@@ -107,15 +108,21 @@ class EmbeddingStoreWriter:
 
 @dataclass
 class EmbedReport:
-    written: int = 0
-    already_stored: int = 0
-    duplicates: int = 0
+    written: int = 0  # captions encoded and committed by this run
+    already_stored: int = 0  # keys the store held before this run
+    duplicates: int = 0  # keys seen earlier in this run's input
     empty: int = 0
+    seconds: float = 0.0
     shards: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
         return {"written": self.written, "already_stored": self.already_stored, "duplicates": self.duplicates,
-                "empty": self.empty, "shards_written": len(self.shards)}
+                "empty": self.empty, "shards_written": len(self.shards), "seconds": round(self.seconds, 3),
+                "captions_per_s": round(rate, 2)}
+
+
+DEFAULT_COMMIT_EVERY = 256
 
 
 def embed_to_store(
@@ -123,56 +130,80 @@ def embed_to_store(
     encoder,
     root: str | os.PathLike,
     batch_size: int = 32,
-    shard_size: int = 4096,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
     progress: bool = True,
     total: int | None = None,
+    shard_size: int | None = None,
 ) -> EmbedReport:
     """Embed ``(key, caption)`` records into the store at ``root``, skipping keys it already holds.
 
-    Shards hold ``shard_size`` records (the last one fewer) and are encoded in batches aligned to the shard
-    start, so a resumed run encodes exactly the batches an uninterrupted run would.
+    Every ``commit_every`` new captions are committed as one shard (the last one fewer), so a run killed at any
+    moment loses at most the ``commit_every`` captions it had not committed; rerun, it resumes after the last
+    commit. Captions are encoded in batches of ``batch_size`` aligned to the shard start, so a resumed run
+    encodes exactly the batches an uninterrupted run would. ``shard_size`` is the older name of
+    ``commit_every``. The progress bar counts captions encoded (captions/s); the report counts a key repeated
+    within the input as a duplicate and a key the store held before the run as already stored.
     """
+    import time
+
     from tqdm import tqdm
 
     from frozenvl.flame.prompts import clean_caption
 
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError("batch_size and shard_size must be positive")
+    if shard_size is not None:
+        commit_every = shard_size
+    if commit_every < 1 or batch_size < 1:
+        raise ValueError(f"batch_size and commit_every must be positive; got {batch_size} and {commit_every}")
     writer = EmbeddingStoreWriter(root, store_meta(encoder.describe()))
+    stored_before = set(writer.keys)
     report = EmbedReport()
-    pending: list[tuple[str, str]] = []
+    keys: list[str] = []  # this shard's keys, encoded or not
+    texts: list[str] = []  # this shard's captions not encoded yet
+    chunks: list[np.ndarray] = []  # this shard's encoded rows, (b, K, D) each
     seen: set[str] = set()
+    bar = tqdm(total=total, desc="flame embed", unit="captions", disable=not progress)
+    start = time.perf_counter()
 
-    def flush() -> None:
-        keys = [k for k, _ in pending]
-        chunks = []
-        for i in range(0, len(pending), batch_size):
-            emb = encoder.encode([c for _, c in pending[i:i + batch_size]], clean=False)  # (b, K, D)
-            chunks.append(F.normalize(emb, dim=-1).numpy())
+    def encode_pending() -> None:
+        emb = encoder.encode(texts, clean=False)  # (b, K, D)
+        chunks.append(F.normalize(emb.float(), dim=-1).cpu().numpy())
+        bar.update(len(texts))
+        texts.clear()
+
+    def commit() -> None:
         report.shards.append(writer.write_shard(keys, np.concatenate(chunks)))
         report.written += len(keys)
-        pending.clear()
+        keys.clear()
+        chunks.clear()
 
-    bar = tqdm(records, total=total, desc="flame embed", unit="caption", disable=not progress)
-    for key, caption in bar:
-        key = str(key)
-        if key in writer.keys:
-            report.already_stored += 1
-            continue
-        if key in seen:
-            report.duplicates += 1
-            continue
-        text = clean_caption(caption or "")
-        if not text:
-            report.empty += 1
-            continue
-        seen.add(key)
-        pending.append((key, text))
-        if len(pending) == shard_size:
-            flush()
-    if pending:
-        flush()
-    bar.close()
+    try:
+        for key, caption in records:
+            key = str(key)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            if key in stored_before:
+                report.already_stored += 1
+                bar.set_postfix(already_stored=report.already_stored, refresh=False)
+                continue
+            text = clean_caption(caption or "")
+            if not text:
+                report.empty += 1
+                continue
+            keys.append(key)
+            texts.append(text)
+            if len(texts) == batch_size or len(keys) == commit_every:
+                encode_pending()
+            if len(keys) == commit_every:
+                commit()
+        if texts:
+            encode_pending()
+        if keys:
+            commit()
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - start
     if report.duplicates or report.empty:
         log.warning("skipped %d duplicate keys and %d empty captions", report.duplicates, report.empty)
     return report

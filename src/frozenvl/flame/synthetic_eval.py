@@ -19,6 +19,13 @@ import torch
 from frozenvl.data.synth import iter_world_split
 from frozenvl.flame.inference import image_transform
 
+WORLD_CLASSIFICATION_SPLITS = ("classification", "heldout")
+
+
+def with_article(name: str) -> str:
+    """A class name as the world's captions say it: "a red square", "an orange circle"."""
+    return f"an {name}" if name[:1] in ("a", "e", "i", "o", "u") else f"a {name}"
+
 
 @dataclass
 class TensorClassificationSet:
