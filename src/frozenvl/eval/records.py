@@ -3,8 +3,10 @@
 Supported: COCO / Flickr30k captions (Karpathy-split JSON and official COCO annotation JSON), VQAv2 and OK-VQA
 (questions + annotations JSON), TextVQA and VizWiz JSON, ImageNet-style class folders with a class list,
 HatefulMemes JSONL, and video frame folders with caption or QA annotations (MSVD / MSR-VTT style).
-Entries with missing fields are skipped and counted (a warning names the file and the count); a file that
-cannot be parsed raises one error naming it.
+Entries with missing, empty or malformed fields (a number where a text goes, an id that cannot be a key, an
+entry that is not an object) are skipped and counted (a warning names the file and the count); a file that
+cannot be parsed (missing, not UTF-8, not JSON, nested deeper than Python's stack, the wrong layout) raises one
+error naming it.
 """
 
 from __future__ import annotations
@@ -61,19 +63,54 @@ class EvalRecord:
         return max(self.answers, key=lambda a: counts[a])  # max keeps the first of equal counts
 
 
-def _load_json(path: str | os.PathLike) -> Any:
+# What reading one malformed entry raises (a number where a text goes, a list where an id goes, an entry that is
+# not an object): the entry is skipped and counted like one with a missing field.
+_ENTRY_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError)
+
+
+def _read_text(path: str | os.PathLike) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"evaluation file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _parse_json(text: str | bytes, where: str | os.PathLike) -> Any:
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to read") from None
+
+
+def _load_json(path: str | os.PathLike) -> Any:
+    return _parse_json(_read_text(path), path)
+
+
+def _entries(data: Any, path: str | os.PathLike, name: str | None = None) -> list:
+    """``data[name]`` (or ``data``) as a list, or one error naming the file."""
+    items = data.get(name) if name is not None and isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: {repr(name) + ' must be' if name else 'expected'} a JSON list, "
+                         f"got {type(items).__name__}")
+    return items
+
+
+def _text(value: Any) -> str:
+    """A stripped string field; anything else is a malformed entry (TypeError)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value.strip()
 
 
 def _warn_skipped(path: str | os.PathLike, skipped: int, what: str) -> None:
     if skipped:
-        warnings.warn(f"{path}: skipped {skipped} {what} with missing or empty fields", stacklevel=3)
+        warnings.warn(f"{path}: skipped {skipped} {what} with missing, empty or malformed fields", stacklevel=3)
 
 
 def _join(root: str | os.PathLike | None, *parts: str) -> str:
@@ -105,18 +142,21 @@ def read_coco_captions(path: str | os.PathLike, image_root: str | os.PathLike | 
 def _read_karpathy(path, data: dict, image_root, split) -> list[EvalRecord]:
     wanted = {split} if isinstance(split, str) else (set(split) if split is not None else None)
     records, skipped = [], 0
-    for image in data["images"]:
-        if wanted is not None and image.get("split") not in wanted:
-            continue
-        captions = [s.get("raw", "").strip() for s in image.get("sentences", [])]
-        captions = [c for c in captions if c]
-        if not image.get("filename") or not captions:
+    for image in _entries(data, path, "images"):
+        try:
+            if wanted is not None and image.get("split") not in wanted:
+                continue
+            captions = [_text(s.get("raw")) for s in image.get("sentences", [])]
+            captions = [c for c in captions if c]
+            if not image.get("filename") or not captions:
+                skipped += 1
+                continue
+            key = str(image.get("cocoid", image.get("imgid", image["filename"])))
+            folder = image.get("filepath", "")
+            records.append(EvalRecord(key=key, image_path=_join(image_root, folder, image["filename"]),
+                                      captions=captions, meta={"split": image.get("split")}))
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        key = str(image.get("cocoid", image.get("imgid", image["filename"])))
-        folder = image.get("filepath", "")
-        records.append(EvalRecord(key=key, image_path=_join(image_root, folder, image["filename"]),
-                                  captions=captions, meta={"split": image.get("split")}))
     _warn_skipped(path, skipped, "images")
     return records
 
@@ -124,19 +164,25 @@ def _read_karpathy(path, data: dict, image_root, split) -> list[EvalRecord]:
 def _read_official_coco(path, data: dict, image_root) -> list[EvalRecord]:
     captions: dict[Any, list[str]] = {}
     skipped = 0
-    for ann in data["annotations"]:
-        text = (ann.get("caption") or "").strip()
-        if "image_id" not in ann or not text:
+    for ann in _entries(data, path, "annotations"):
+        try:
+            text = _text(ann.get("caption"))
+            if "image_id" not in ann or not text:
+                skipped += 1
+                continue
+            captions.setdefault(ann["image_id"], []).append(text)
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        captions.setdefault(ann["image_id"], []).append(text)
     records = []
-    for image in data["images"]:
-        if "id" not in image or not image.get("file_name") or image["id"] not in captions:
+    for image in _entries(data, path, "images"):
+        try:
+            if "id" not in image or not image.get("file_name") or image["id"] not in captions:
+                skipped += 1
+                continue
+            records.append(EvalRecord(key=str(image["id"]), image_path=_join(image_root, image["file_name"]),
+                                      captions=captions[image["id"]]))
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        records.append(EvalRecord(key=str(image["id"]), image_path=_join(image_root, image["file_name"]),
-                                  captions=captions[image["id"]]))
     _warn_skipped(path, skipped, "entries")
     return records
 
@@ -159,25 +205,33 @@ def read_vqav2(questions_path: str | os.PathLike, annotations_path: str | os.Pat
         annotations = _load_json(annotations_path)
         if not isinstance(annotations, dict) or "annotations" not in annotations:
             raise ValueError(f"{annotations_path}: expected a JSON object with an 'annotations' list")
-        answers = {a["question_id"]: a for a in annotations["annotations"] if "question_id" in a}
+        for a in _entries(annotations, annotations_path, "annotations"):
+            try:
+                answers[a["question_id"]] = a
+            except _ENTRY_ERRORS:
+                continue  # its question, if any, has no answers: skipped and counted below
     records, skipped = [], 0
-    for q in questions["questions"]:
-        qid, text = q.get("question_id"), (q.get("question") or "").strip()
-        if qid is None or "image_id" not in q or not text:
-            skipped += 1
-            continue
-        record = EvalRecord(key=str(qid), question=text,
-                            image_path=_join(image_root, image_template.format(image_id=q["image_id"])),
-                            meta={"image_id": q["image_id"]})
-        if annotations_path is not None:
-            ann = answers.get(qid)
-            human = [a["answer"] for a in (ann or {}).get("answers", []) if a.get("answer")]
-            if not human:
+    for q in _entries(questions, questions_path, "questions"):
+        try:
+            qid, text = q.get("question_id"), _text(q.get("question"))
+            if qid is None or "image_id" not in q or not text:
                 skipped += 1
                 continue
-            record.answers = human
-            record.meta.update({k: ann[k] for k in ("question_type", "answer_type") if k in ann})
-        records.append(record)
+            record = EvalRecord(key=str(qid), question=text,
+                                image_path=_join(image_root, image_template.format(image_id=q["image_id"])),
+                                meta={"image_id": q["image_id"]})
+            if annotations_path is not None:
+                ann = answers.get(qid)
+                human = [_text(a["answer"]) for a in (ann or {}).get("answers", []) if a.get("answer")]
+                human = [a for a in human if a]
+                if not human:
+                    skipped += 1
+                    continue
+                record.answers = human
+                record.meta.update({k: ann[k] for k in ("question_type", "answer_type") if k in ann})
+            records.append(record)
+        except _ENTRY_ERRORS:
+            skipped += 1
     _warn_skipped(questions_path, skipped, "questions")
     return records
 
@@ -189,14 +243,17 @@ def read_textvqa(path: str | os.PathLike, image_root: str | os.PathLike | None =
     if not isinstance(data, dict) or "data" not in data:
         raise ValueError(f"{path}: expected a JSON object with a 'data' list (TextVQA format)")
     records, skipped = [], 0
-    for item in data["data"]:
-        text = (item.get("question") or "").strip()
-        if "question_id" not in item or "image_id" not in item or not text:
+    for item in _entries(data, path, "data"):
+        try:
+            text = _text(item.get("question"))
+            if "question_id" not in item or "image_id" not in item or not text:
+                skipped += 1
+                continue
+            records.append(EvalRecord(key=str(item["question_id"]), question=text,
+                                      image_path=_join(image_root, f"{item['image_id']}.jpg"),
+                                      answers=[a for a in map(_text, item.get("answers", [])) if a]))
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        records.append(EvalRecord(key=str(item["question_id"]), question=text,
-                                  image_path=_join(image_root, f"{item['image_id']}.jpg"),
-                                  answers=[a for a in item.get("answers", []) if a]))
     _warn_skipped(path, skipped, "questions")
     return records
 
@@ -209,14 +266,17 @@ def read_vizwiz(path: str | os.PathLike, image_root: str | os.PathLike | None = 
         raise ValueError(f"{path}: expected a JSON list (VizWiz format)")
     records, skipped = [], 0
     for item in data:
-        text = (item.get("question") or "").strip()
-        if not item.get("image") or not text:
+        try:
+            text = _text(item.get("question"))
+            if not item.get("image") or not text:
+                skipped += 1
+                continue
+            answers = [_text(a["answer"]) for a in item.get("answers", []) if a.get("answer")]
+            records.append(EvalRecord(key=_text(item["image"]), question=text,
+                                      image_path=_join(image_root, item["image"]), answers=[a for a in answers if a],
+                                      meta={"answer_type": item.get("answer_type")}))
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        answers = [a["answer"] for a in item.get("answers", []) if a.get("answer")]
-        records.append(EvalRecord(key=item["image"], question=text,
-                                  image_path=_join(image_root, item["image"]), answers=answers,
-                                  meta={"answer_type": item.get("answer_type")}))
     _warn_skipped(path, skipped, "questions")
     return records
 
@@ -232,8 +292,7 @@ def read_class_names(path: str | os.PathLike) -> list[str] | dict[str, str]:
         if not isinstance(names, (list, dict)):
             raise ValueError(f"{path}: expected a JSON list of class names or a folder -> name object")
         return names
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+    return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
 
 
 def read_class_folder(
@@ -274,23 +333,21 @@ def read_hateful_memes(path: str | os.PathLike,
                        image_root: str | os.PathLike | None = None) -> list[EvalRecord]:
     """HatefulMemes JSONL: one ``{"id", "img", "text", "label"?}`` per line (test files may lack labels)."""
     records, skipped = [], 0
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"evaluation file not found: {path}") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
+        item = _parse_json(line, f"{path}:{number}")
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number} is not valid JSON: {err}") from None
-        if "id" not in item or not item.get("img") or item.get("text") is None:
+            if "id" not in item or not item.get("img") or item.get("text") is None:
+                skipped += 1
+                continue
+            label = item.get("label")
+            if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+                raise ValueError(f"label {label!r}")
+            records.append(EvalRecord(key=str(item["id"]), image_path=_join(image_root, item["img"]),
+                                      text=_text(item["text"]), label=None if label is None else int(label)))
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        label = item.get("label")
-        records.append(EvalRecord(key=str(item["id"]), image_path=_join(image_root, item["img"]),
-                                  text=item["text"], label=None if label is None else int(label)))
     _warn_skipped(path, skipped, "memes")
     return records
 
@@ -300,6 +357,8 @@ def read_hateful_memes(path: str | os.PathLike,
 
 def video_frames(folder: str | os.PathLike, max_frames: int | None = None) -> list[str]:
     """The frame images of one video folder in name order, uniformly subsampled to ``max_frames``."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     frames = sorted(str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if max_frames is not None and len(frames) > max_frames:
         step = len(frames) / max_frames
@@ -310,7 +369,7 @@ def video_frames(folder: str | os.PathLike, max_frames: int | None = None) -> li
 def _video_items(annotations: Any, path) -> Iterable[dict]:
     if isinstance(annotations, dict):  # {video_id: [caption, ...]} or {video_id: caption}
         for vid, caps in annotations.items():
-            yield {"video_id": vid, "captions": [caps] if isinstance(caps, str) else list(caps)}
+            yield {"video_id": vid, "captions": [caps] if isinstance(caps, str) else caps}
     elif isinstance(annotations, list):
         yield from annotations
     else:
@@ -324,13 +383,15 @@ def read_video_captions(frames_root: str | os.PathLike, annotations_path: str | 
     captions: dict[str, list[str]] = {}
     skipped = 0
     for item in _video_items(_load_json(annotations_path), annotations_path):
-        vid = item.get("video_id", item.get("video"))
-        caps = item.get("captions", [item.get("caption")])
-        caps = [c.strip() for c in caps if c and c.strip()]
-        if vid is None or not caps:
+        try:
+            vid = item.get("video_id", item.get("video"))
+            caps = [c for c in map(_text, item.get("captions", [item.get("caption")])) if c]
+            if vid is None or not caps:
+                skipped += 1
+                continue
+            captions.setdefault(str(vid), []).extend(caps)
+        except _ENTRY_ERRORS:
             skipped += 1
-            continue
-        captions.setdefault(str(vid), []).extend(caps)
     records = []
     for vid, caps in captions.items():
         folder = Path(frames_root, vid)
@@ -350,10 +411,14 @@ def read_video_qa(frames_root: str | os.PathLike, annotations_path: str | os.Pat
     records, skipped = [], 0
     frames_cache: dict[str, list[str]] = {}
     for index, item in enumerate(_video_items(_load_json(annotations_path), annotations_path)):
-        vid = item.get("video_id", item.get("video"))
-        text = (item.get("question") or "").strip()
-        answers = item.get("answers", [item.get("answer")])
-        answers = [str(a) for a in answers if a is not None and str(a).strip()]
+        try:
+            vid = item.get("video_id", item.get("video"))
+            text = _text(item.get("question"))
+            answers = item.get("answers", [item.get("answer")])
+            answers = [str(a).strip() for a in answers if a is not None and str(a).strip()]
+        except _ENTRY_ERRORS:
+            skipped += 1
+            continue
         if vid is None or not text or not answers:
             skipped += 1
             continue

@@ -23,15 +23,18 @@ log = logging.getLogger(__name__)
 def iter_jsonl_captions(path: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[tuple[str, str]]:
     """(key, caption) from a JSONL file with one {"key": ..., "caption": ...} object per line."""
     skips = skips if skips is not None else SkipCounter()
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # decoded line by line: a line that is not UTF-8 is one bad line
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
                 key, caption = str(record["key"]), str(record.get("caption") or "")
-            except (json.JSONDecodeError, TypeError) as e:  # TypeError: a line that is not an object
-                skips.add("bad_json", f"{path} line {line_no}: {e}")
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:  # not an object
+                skips.add("bad_json", f"{path} line {line_no}: {type(e).__name__}: {e}")
+                continue
+            except RecursionError:
+                skips.add("bad_json", f"{path} line {line_no}: nested too deeply")
                 continue
             except KeyError:
                 skips.add("missing_field", f"{path} line {line_no}: no 'key'")
@@ -47,8 +50,8 @@ def _caption_of(sample: dict[str, bytes | str]) -> str:
     if "json" in sample:
         try:
             caption = json.loads(sample["json"]).get("caption")
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
-            raise BadSample("bad_json", f"{key}: {e}") from e
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+            raise BadSample("bad_json", f"{key}: {type(e).__name__}") from None
         if isinstance(caption, str):
             return caption
     raise BadSample("missing_field", f"{key}: no caption (a .txt member or a 'caption' string in .json)")
