@@ -8,12 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
+from frozenvl.cli.devices import add_device_arguments, device_and_dtype
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import write_text_atomic
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _add_text_args(p: argparse.ArgumentParser, prompts_default: str | None) -> None:
@@ -26,7 +23,6 @@ def _add_text_args(p: argparse.ArgumentParser, prompts_default: str | None) -> N
                         "output, before the final norm)")
     p.add_argument("--max-length", type=int, default=1024,
                    help="token budget of prefix + all prompts; only the caption is truncated (default 1024)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="LM dtype (default float32)")
     p.add_argument("--batch-size", type=int, default=32, help="captions per LM pass (default 32)")
 
 
@@ -46,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "in .json as \"caption\")")
     embed.add_argument("--out", required=True, help="store folder (created, or extended if compatible)")
     _add_text_args(embed, "long")
+    add_device_arguments(embed, "the LM")
     embed.add_argument("--mode", choices=("fda", "prefix_cache", "naive"), default="fda",
                        help="fda: one pass with the facet-decoupled mask (default); prefix_cache: shared prefix "
                             "KV cache; naive: one pass per prompt")
@@ -89,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "form of the world's captions)")
     ev.add_argument("--out", default=None, help="write the results JSON here")
     _add_text_args(ev, None)
+    add_device_arguments(ev, "the LM and the image tower")
     return parser
 
 
 def _encoder(args, text_meta: dict | None = None, prompts: str = "long"):
     from frozenvl.flame.text_encoder import DEFAULT_LM, FacetTextEncoder
 
+    device, dtype = device_and_dtype(args)
     text_meta = text_meta or {}
     lm = args.lm or text_meta.get("lm") or DEFAULT_LM
     if lm == "<instance>":
@@ -103,7 +102,7 @@ def _encoder(args, text_meta: dict | None = None, prompts: str = "long"):
     kwargs = {"layer": layer, "max_length": args.max_length}
     if getattr(args, "mode", None):
         kwargs.update(mode=args.mode, official_compat=args.official_compat)
-    return FacetTextEncoder.from_source(lm, prompts, dtype=DTYPES[args.dtype], **kwargs)
+    return FacetTextEncoder.from_source(lm, prompts, dtype=dtype, device=device, **kwargs)
 
 
 def _run_embed(args) -> dict:
@@ -153,9 +152,10 @@ def _run_eval(args) -> dict:
     from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
     from frozenvl.flame.synthetic_eval import with_article
 
+    device, dtype = device_and_dtype(args)  # an unusable --device fails before anything is read
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
-        model = FlameModel.from_pretrained(checkpoint).eval()
+        model = FlameModel.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--checkpoint: not a FLAME checkpoint: {e}") from None
     text_meta = model.config.text
