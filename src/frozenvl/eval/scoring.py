@@ -177,7 +177,7 @@ class FewShotScorer:
                      max_new_tokens: int, num_beams: int = 3) -> list[list[int]]:
         """New token ids (up to the stop token) for a batch of queries that share ``prefix``."""
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
-        # Left padding: the padding sits between prefix and query.
+        # Left padding; generate moves each row's padding before the prefix (exact for ALiBi and sliding windows).
         ids, mask = pad_sequences([p.ids for p in pieces], self.model.pad_token_id, "left", device=self.device)
         pixels = self._pixels([p.media for p in pieces])
         seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,

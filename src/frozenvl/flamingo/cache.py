@@ -10,10 +10,12 @@ times as needed; beam search continues the selection of the rows it keeps.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, H, T_img*n, d) each
 
@@ -81,3 +83,55 @@ def select_lm_cache(cache: Any, index: torch.Tensor) -> Any:
         layer.reorder_cache(index)
         selected.layers.append(layer)
     return selected
+
+
+def left_pad_concat(caches: Sequence[FlamingoCache]) -> FlamingoCache:
+    """One cache of the rows of ``caches`` (in their order), each left padded to the longest sequence.
+
+    Each input cache holds rows whose real tokens are contiguous at the right (a prefix and a query with no padding
+    between them). The padding added here goes *before* each row's whole sequence, where a left-padded batch of the
+    full prompts has it, so every position scheme sees what it sees for the prompt alone: rotary and absolute
+    positions come from the attention mask, and the key distances of ALiBi (MPT) and of sliding windows (Mistral,
+    Gemma 2) count no padding. The LM cache's layers are padded with zeros on the left (masked by the attention
+    mask); a sliding-window layer keeps its last ``window - 1`` slots, so it is padded to the longest of those and
+    its token count is the longest row's, as the left-padded batch's would be.
+    """
+    if len(caches) == 1:
+        return caches[0]
+    length = max(c.attention_mask.shape[1] for c in caches)
+    media = None if caches[0].media is None else torch.cat([c.media for c in caches])
+    return FlamingoCache(
+        past_key_values=_left_pad_concat_lm_caches([c.past_key_values for c in caches]),
+        media=media,
+        media_docs=torch.cat([c.media_docs for c in caches]),
+        attention_mask=torch.cat([F.pad(c.attention_mask, (length - c.attention_mask.shape[1], 0)) for c in caches]),
+        last_time=torch.cat([c.last_time for c in caches]),
+        last_doc=torch.cat([c.last_doc for c in caches]),
+        xattn_kv={i: (torch.cat([c.xattn_kv[i][0] for c in caches]), torch.cat([c.xattn_kv[i][1] for c in caches]))
+                  for i in caches[0].xattn_kv},
+    )
+
+
+def _left_pad_concat_lm_caches(caches: Sequence[Any]) -> Any:
+    """The transformers caches' rows concatenated, each layer's keys/values left padded with zeros to the longest."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    for cache in caches:
+        layers = getattr(cache, "layers", None)
+        if layers is None or getattr(cache, "offloading", False) or any(
+                type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+            kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(cache).__name__]
+            raise TypeError(f"queries of different lengths on a cached prefix need a dynamic key/value cache (full "
+                            f"or sliding-window layers); this LM's cache has {', '.join(kinds)}: give the queries "
+                            "one at a time or of one length")
+    merged = copy.copy(caches[0])
+    merged.layers = []
+    for layers in zip(*(cache.layers for cache in caches)):
+        layer = copy.copy(layers[0])  # settings (window) kept; tensors replaced below
+        slots = max(one.keys.shape[-2] for one in layers)
+        layer.keys = torch.cat([F.pad(one.keys, (0, 0, slots - one.keys.shape[-2], 0)) for one in layers])
+        layer.values = torch.cat([F.pad(one.values, (0, 0, slots - one.values.shape[-2], 0)) for one in layers])
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = max(one.cumulative_length for one in layers)
+        merged.layers.append(layer)
+    return merged

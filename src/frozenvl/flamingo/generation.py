@@ -33,6 +33,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
+from frozenvl.flamingo.cache import FlamingoCache, left_pad_concat
 from frozenvl.flamingo.processor import check_extra_arguments
 from frozenvl.tensors import pad_sequences
 
@@ -62,9 +63,12 @@ class _Decoder:
                              logits_to_keep=1)
             return out.logits[:, -1]
         media = self.model.encode_media(self.pixels, self.frames) if self.pixels is not None else None
-        out = self.model(self.ids, self.mask, media=media, document_ids=None if self.prefix is not None else self.docs,
-                         cache=self.prefix, use_cache=True, logits_to_keep=1)
-        cache, logits = out.cache, out.logits[:, -1]  # (B, V)
+        if self.prefix is not None:
+            cache, logits = _continue_prefix(self.model, self.ids, self.mask, media, self.prefix)
+        else:
+            out = self.model(self.ids, self.mask, media=media, document_ids=self.docs, use_cache=True,
+                             logits_to_keep=1)
+            cache, logits = out.cache, out.logits[:, -1]  # (B, V)
         if self.expand > 1:
             rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(self.expand)
             cache, logits = cache.select(rows), logits[rows]  # (B*K, V)
@@ -98,6 +102,34 @@ class _Decoder:
         out = self.model(self.ids, self.mask, self.pixels, document_ids=self.docs, frame_mask=self.frames,
                          logits_to_keep=1)
         return out.logits[:, -1]
+
+
+def _continue_prefix(model, ids: torch.Tensor, mask: torch.Tensor, media: torch.Tensor | None,
+                     prefix: FlamingoCache) -> tuple[FlamingoCache, torch.Tensor]:
+    """Left-padded prompts ``ids``/``mask`` (B, L) continuing the cache ``prefix`` of B rows -> the cache after them
+    and the next token's logits (B, V).
+
+    Left padding would sit between the prefix and the prompt, where distance-based positions see it (ALiBi counts
+    it in every key distance, a sliding window holds it instead of prefix tokens). So the rows are encoded in groups
+    of one padding length with their padding cut off, and the groups' caches joined with the padding moved before
+    each row's prefix (:func:`~frozenvl.flamingo.cache.left_pad_concat`): every row then equals its full prompt
+    alone, for any position scheme, at the cost of one call per distinct prompt length instead of one.
+    """
+    pads = (mask == 0).long().cumprod(dim=1).sum(dim=1)  # (B,) leading padding of each row
+    lengths = pads.unique().tolist()
+    if lengths == [0]:  # no padding: one call
+        out = model(ids, mask, media=media, cache=prefix, use_cache=True, logits_to_keep=1)
+        return out.cache, out.logits[:, -1]
+    caches, logits, order = [], [], []
+    for pad in lengths:
+        rows = (pads == pad).nonzero().squeeze(1)  # (B_g,)
+        out = model(ids[rows, pad:], mask[rows, pad:], media=None if media is None else media[rows],
+                    cache=prefix.select(rows), use_cache=True, logits_to_keep=1)
+        caches.append(out.cache)
+        logits.append(out.logits[:, -1])
+        order.append(rows)
+    back = torch.cat(order).argsort()  # the original row order
+    return left_pad_concat(caches).select(back), torch.cat(logits)[back]
 
 
 def _logits_processors(input_ids: torch.Tensor, attention_mask: torch.Tensor, stops: list[int], *,
@@ -180,6 +212,10 @@ def generate(
         raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:  # 0 would silently be greedy, 2 fails deep inside sampling
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if num_return_sequences < 1 or (num_beams > 1 and num_return_sequences > num_beams):
         raise ValueError(f"num_return_sequences must be between 1 and num_beams, got {num_return_sequences}")
     if num_return_sequences > 1 and num_beams == 1 and not do_sample:
