@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "inspect":
             return _inspect(args.shards)
+        for flag, value in (("--shard-size", args.shard_size), ("--max-size", args.max_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1; got {value}")
         kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet}
         if args.source == "folder":
             report = conv.convert_folder(args.images, args.captions, args.out, prefix=args.prefix,
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             report = conv.convert_mmc4(args.jsonl, args.images, args.out, **kw)
         print(report.summary())
         return 0
-    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # a bad argument or input, a full disk: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
 

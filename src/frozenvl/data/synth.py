@@ -8,12 +8,15 @@ of one attribute are mapped to nonsense words by a fresh random permutation, def
 support examples.
 
 Everything is a function of (seed, split, index): `generate_world(out_dir, seed)` writes the same bytes on every
-machine, and any sample can be regenerated alone.
+machine, and any sample can be regenerated alone. `world.json` lists each split's shards, and readers take them
+from there (never a glob that could pick up another world's leftovers); generating into an existing world removes
+the shards it does not list.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +62,8 @@ WORD_FORMATS = ("This is a {word}.", "Output:{word}", "A {word}.", "Name: {word}
 # Colour i with shape i+1: every colour and every shape still appears in training, in other pairings.
 HELDOUT = tuple((c, SHAPES[(i + 1) % len(SHAPES)]) for i, c in enumerate(COLOURS))
 
+_log = logging.getLogger(__name__)
+
 SPLIT_IDS = {"pairs": 1, "interleaved": 2, "video": 3, "captioning": 11, "vqa": 12, "classification": 13,
              "retrieval": 14, "video_qa": 15, "icl_words": 16, "heldout": 17}
 TRAIN_SPLITS = ("pairs", "interleaved", "video")
@@ -102,6 +107,20 @@ class WorldConfig(Config):
         if unknown:
             raise ConfigError(f"{where}.splits: unknown synthetic splits {sorted(unknown)}; known: "
                               f"{', '.join(SPLIT_IDS)}")
+        if not self.splits:
+            raise ConfigError(f"{where}.splits is empty: name at least one split to write")
+        for name in ("n_pairs", "n_interleaved", "n_video", "n_eval", "n_episodes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("shard_size", "k_shot", "n_query", "frames", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name} must be >= 1; got {getattr(self, name)}")
+        if not self.fps > 0:
+            raise ConfigError(f"{where}.fps must be > 0; got {self.fps}")
+        empty = [split for split in self.splits if split_size(self, split) < 1]
+        if empty:
+            raise ConfigError(f"{where}: the splits {', '.join(empty)} would hold no samples (a count is 0); leave "
+                              "them out of the splits or give them a count >= 1")
         if self.image_size < 24:
             raise ConfigError(f"{where}.image_size must be >= 24 pixels; got {self.image_size}")
         if not 2 <= self.n_way <= min(len(SHAPES), len(COLOURS), len(EVAL_WORDS)):
@@ -469,16 +488,47 @@ def _samples(config: WorldConfig, split: str, pool: Any) -> Iterator[RawSample]:
         yield from samples
 
 
+WORLD_FILE = "world.json"
+_NOT_IDENTITY = ("splits", "workers")  # settings that do not change a split's samples
+
+
+def _same_world(recorded: dict[str, Any], config: WorldConfig) -> bool:
+    """Whether a world.json's config generates the same samples as ``config`` (the splits and workers aside)."""
+    mine = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}))
+    return mine == {k: v for k, v in recorded.items() if k not in _NOT_IDENTITY}
+
+
+def _world_shard_files(out: Path) -> list[Path]:
+    """Every shard (or interrupted shard write) of a known split in a world's train/ and eval/ folders."""
+    return sorted(p for folder in ("train", "eval") for split in SPLIT_IDS
+                  for pattern in (f"{split}-*.tar", f"{split}-*.tar.tmp") for p in (out / folder).glob(pattern))
+
+
 def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progress: bool = True,
                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Write the world's shards under out_dir/{train,eval}/{split}-NNNNNN.tar and out_dir/world.json.
 
     Returns the world metadata (also in world.json): config, vocabulary, held-out compositions, the shard files
     and sample count of each split, and the fields of each split's records.
+
+    Into an existing world: world.json is removed first (an interrupted generation leaves no world behind), the
+    splits written are rewritten, the splits of the previous world that this call does not write are kept when it
+    was generated with the same settings (so splits can be added one call at a time), and every other shard of a
+    known split is removed (logged), so the folder holds exactly the shards world.json lists.
     """
     config = config or WorldConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    kept: dict[str, Any] = {}
+    meta_path = out / WORLD_FILE
+    if meta_path.exists():
+        try:
+            previous = json.loads(meta_path.read_text(encoding="utf-8"))
+            if _same_world(previous["config"], config):
+                kept = {k: v for k, v in previous["splits"].items() if k not in config.splits}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # an unreadable world.json: nothing of it is kept
+        meta_path.unlink()
     splits: dict[str, Any] = {}
     t0 = time.perf_counter()
     pool = mp.get_context("fork").Pool(config.workers) if config.workers > 1 else None
@@ -494,13 +544,24 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
                              "seconds": round(time.perf_counter() - t, 3)}
             if log:
                 log(f"synth {split}: {n} samples in {len(w.shards)} shards, {splits[split]['seconds']:.1f} s")
+    except OSError as e:  # disk full, permissions: one error; no partial shard is left
+        for partial in out.glob("*/*.tar.tmp"):
+            partial.unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write the synthetic world into {out}: {e.strerror or e}") from None
     finally:
         if pool is not None:
             pool.close()
             pool.join()
+    splits = {**kept, **splits}
+    listed = {out / f for entry in splits.values() for f in entry["shards"]}
+    stale = [p for p in _world_shard_files(out) if p not in listed]
+    for path in stale:
+        path.unlink()
+    if stale and log:
+        log(f"synth: removed {len(stale)} shards of the previous world that this one does not list")
     meta = {
         "format_version": 1,
-        "config": {**asdict(config), "splits": list(config.splits)},
+        "config": {**asdict(config), "splits": list(splits)},
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(CELL_NAMES),
         "directions": list(DIRECTIONS), "heldout_compositions": [list(p) for p in HELDOUT],
         "train_words": list(TRAIN_WORDS), "eval_words": list(EVAL_WORDS),
@@ -509,16 +570,33 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
                       "episodes": config.n_episodes,
                       "fields": ["episode", "role", "attribute", "concept", "label", "choices"]},
     }
-    write_text_atomic(out / "world.json", json.dumps(meta, indent=1))
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
 
 
 # ------------------------------------------------------------------------------------------ reading the world
 
 def world_split_shards(path: str | Path, split: str) -> list[str]:
-    """The shards of one split, in order: from a world folder (``<world>/{train,eval}/<split>-*.tar``), the folder
-    that holds the split, or a shard spec (see :func:`~frozenvl.data.shards.expand_shards`)."""
+    """The shards of one split, in order: those world.json lists, for a world folder or the folder of the split
+    inside it (``<world>/train``); else the ``<split>-*.tar`` files of the folder, or a shard spec (see
+    :func:`~frozenvl.data.shards.expand_shards`)."""
     root = Path(path)
+    world = next((w for w in (root, root.parent) if (w / WORLD_FILE).is_file()
+                  and (w == root or root.name == split_folder(split))), None) if root.is_dir() else None
+    if world is not None:
+        try:
+            splits = json.loads((world / WORLD_FILE).read_text(encoding="utf-8"))["splits"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{world / WORLD_FILE} is not a valid world description: {e}") from None
+        if split not in splits:
+            raise FileNotFoundError(f"{world}: the world has no {split} split ({WORLD_FILE} lists "
+                                    f"{', '.join(splits) or 'none'}); generate it with frozenvl data synth "
+                                    f"--splits {split}")
+        shards = [str(world / f) for f in splits[split]["shards"]]
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{world}: {WORLD_FILE} lists {missing[0]}, which is missing")
+        return shards
     for folder in (root / split_folder(split), root):
         if folder.is_dir():
             shards = sorted(str(p) for p in folder.glob(f"{split}-*.tar"))

@@ -8,6 +8,7 @@ shards. Each (slot, dataset) stream cycles through epochs forever; its position 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +23,11 @@ def _loader_config(d: DatasetConfig, data: DataConfig, shuffle: bool = True,
     return LoaderConfig(seed=data.seed, shuffle_shards=shuffle, shuffle_buffer=data.shuffle_buffer if shuffle else 0,
                         max_images=d.max_images, max_tokens=max_tokens, single_image_drop_prob=d.single_image_drop_prob,
                         min_similarity=d.min_similarity)
+
+
+def _shard_id(shard: str) -> str:
+    name = str(shard).rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}:{os.path.getsize(shard)}" if os.path.isfile(shard) else name
 
 
 class CyclingLoader:
@@ -96,11 +102,9 @@ class Mixture:
                 cl.load_state_dict(state[str(slot)][name])
 
     def shard_names(self) -> dict[str, list[str]]:
-        """Each dataset's shard files by name, in order (saved with checkpoints: a resume must read the same
-        shards; the folder they are in may move)."""
-        first = self.loaders[0]
-        return {name: [str(s).rstrip("/").rsplit("/", 1)[-1] for s in cl.loader.dataset.shards]
-                for name, cl in first.items()}
+        """Each dataset's shard files by name and size (``pairs-000000.tar:81920``; a URL or pipe by name only),
+        in order: saved with checkpoints, a resume must read the same shards (the folder they are in may move)."""
+        return {name: [_shard_id(s) for s in cl.loader.dataset.shards] for name, cl in self.loaders[0].items()}
 
     def skips(self) -> dict[str, int]:
         out: dict[str, int] = {}
