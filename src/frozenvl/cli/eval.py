@@ -19,6 +19,7 @@ from typing import Any
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
 from frozenvl.eval.tasks import TASKS, TaskSpec, get_task
+from frozenvl.files import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     spec = get_task(args.task)
     device_and_dtype(args)  # an unusable --device fails before any data is read
+    out_dir = Path(args.out or Path("runs") / "eval" / spec.name)
+    check_writable(out_dir, folder=True, what="--out")  # before the evaluation, not after it
     for path in args.data:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--data {path} does not exist")
@@ -117,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
                         save_prompts=args.save_prompts)
     data = load_task_data(spec, args)
     model, processor = load_model(args)
-    out_dir = Path(args.out or Path("runs") / "eval" / spec.name)
     output = evaluate(model, processor, spec, data, config, out_dir, progress=not args.no_progress)
     output.results.config["model_source"] = args.model or {"lm": args.lm, "vision": args.vision}
     output.results.save(output.json_path)

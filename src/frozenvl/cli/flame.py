@@ -10,7 +10,7 @@ from pathlib import Path
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
-from frozenvl.files import write_text_atomic
+from frozenvl.files import check_writable, write_text_atomic
 
 
 def _add_text_args(p: argparse.ArgumentParser, prompts_default: str | None) -> None:
@@ -150,9 +150,12 @@ def _run_eval(args) -> dict:
     from frozenvl.flame import evaluate as ev
     from frozenvl.flame.model import FlameModel
     from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
+    from frozenvl.flame.store import check_text_encoder
     from frozenvl.flame.synthetic_eval import with_article
 
     device, dtype = device_and_dtype(args)  # an unusable --device fails before anything is read
+    if args.out:
+        check_writable(args.out, what="--out")  # before any work, not after it
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
         model = FlameModel.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
@@ -168,6 +171,7 @@ def _run_eval(args) -> dict:
     if encoder.hidden_size != model.config.text_dim:
         raise ValueError(f"the LM's hidden size {encoder.hidden_size} does not match the checkpoint's text_dim "
                          f"{model.config.text_dim}: pass the --lm the model was trained with")
+    check_text_encoder(text_meta, encoder)  # the LM (its weights) and the layer the tower was trained with
     templates = None
     if args.templates:
         templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]

@@ -9,15 +9,18 @@ Layout of a store folder::
 
 Writing is resumable: a shard (``commit_every`` captions, 256 by default) is written atomically (keys, then
 array), and only then recorded in the manifest (atomically). A run killed at any moment leaves either a
-recorded shard or an unrecorded one that the next run overwrites under the same name; keys already recorded are
-skipped, so a killed and rerun job gives the same store as an uninterrupted one, with no duplicates. A store
-refuses to be extended with other metadata.
+recorded shard or an unrecorded one that the next run overwrites under the same name (and the temporary files of
+a write it cut, which the next writer removes); keys already recorded are skipped, so a killed and rerun job gives
+the same store as an uninterrupted one, with no duplicates. One writer at a time: a writer holds the store's lock
+(``.frozenvl.lock``), and a second one is refused at once. A store refuses to be extended with other metadata:
+the LM (its source, dtype and a fingerprint of its weights), the layer, the prompt set, the dimensions.
 
 Reading memory-maps the shards; :meth:`EmbeddingStore.join` attaches embeddings to image samples by key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frozenvl.files import atomic_path, write_text_atomic
+from frozenvl.files import acquire_folder_lock, atomic_path, remove_leftovers, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,9 @@ STORE_FORMAT = "frozenvl.flame.store/1"
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
 # Fields of the metadata that must match for a store to be extended (everything that changes the numbers).
-IDENTITY_FIELDS = ("format", "lm", "layer", "prompt_set_hash", "num_facets", "dim", "dtype", "normalized",
-                   "max_length", "official_compat")
+IDENTITY_FIELDS = ("format", "lm", "lm_dtype", "lm_fingerprint", "layer", "prompt_set_hash", "num_facets", "dim",
+                   "dtype", "normalized", "max_length", "official_compat")
+FINGERPRINT_VALUES = 4096  # values of each weight tensor that enter the LM's fingerprint (all of a smaller one)
 
 
 class StoreMismatchError(ValueError):
@@ -54,17 +58,67 @@ def _read_json(path: Path):
         return json.load(f)
 
 
-def store_meta(encoder_description: dict) -> dict:
-    """Store metadata from :meth:`FacetTextEncoder.describe` (plus the storage format)."""
-    return {"format": STORE_FORMAT, "dtype": "float16", "normalized": True, **encoder_description}
+def lm_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a model's weights: each parameter's name, shape and dtype and an evenly strided sample of at most
+    4096 of its values (every value of a smaller tensor). Two LMs loaded from different weights differ; the
+    same weights in another dtype differ too (compare the dtype first)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)]
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:".encode())
+        h.update(sample.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def lm_identity(encoder) -> dict:
+    """What the encoder's LM is beyond its source name: its dtype and :func:`lm_fingerprint`."""
+    return {"lm_dtype": str(encoder.dtype).removeprefix("torch."), "lm_fingerprint": lm_fingerprint(encoder.model)}
+
+
+def store_meta(encoder_description: dict, identity: dict | None = None) -> dict:
+    """Store metadata from :meth:`FacetTextEncoder.describe` and :func:`lm_identity` (plus the storage format)."""
+    return {"format": STORE_FORMAT, "dtype": "float16", "normalized": True, **encoder_description, **(identity or {})}
+
+
+def check_text_encoder(recorded: dict, encoder) -> None:
+    """Refuse an encoder other than the one a model's embeddings came from (``recorded``: the store metadata a
+    FLAME checkpoint keeps in ``config.text``): another layer, or other LM weights. The weights are compared by
+    fingerprint when both sides ran the LM in the same dtype, else by the LM's source name; what a record lacks
+    (checkpoints of older versions) is not compared."""
+    desc, ident = encoder.describe(), lm_identity(encoder)
+    problems = []
+    if recorded.get("layer") is not None and recorded["layer"] != desc["layer"]:
+        problems.append(f"layer {recorded['layer']} then, {desc['layer']} now")
+    if recorded.get("lm_fingerprint") and recorded.get("lm_dtype") == ident["lm_dtype"]:
+        if recorded["lm_fingerprint"] != ident["lm_fingerprint"]:
+            problems.append(f"LM weights {recorded.get('lm')!r} (fingerprint {recorded['lm_fingerprint']}) then, "
+                            f"{desc['lm']!r} (fingerprint {ident['lm_fingerprint']}) now")
+    elif recorded.get("lm") not in (None, "<instance>") and recorded["lm"] != desc["lm"]:
+        problems.append(f"LM {recorded['lm']!r} then, {desc['lm']!r} now")
+    if problems:
+        raise StoreMismatchError(f"the model was trained on embeddings of another text encoder ({'; '.join(problems)})"
+                                 ": pass the --lm and --layer it was trained with")
 
 
 class EmbeddingStoreWriter:
-    """Append-only writer; opening an existing store checks that its metadata matches ``meta``."""
+    """Append-only writer; opening an existing store checks that its metadata matches ``meta``. It holds the
+    store's lock until :meth:`close` (or the end of a ``with`` block): a second writer is refused at once
+    (:class:`frozenvl.files.FolderLockedError`); it removes what an interrupted write left (``.*.tmp``)."""
 
     def __init__(self, root: str | os.PathLike, meta: dict):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = acquire_folder_lock(self.root, "embedding store")
+        try:
+            self._open(meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, meta: dict) -> None:
+        leftovers = remove_leftovers(self.root)
+        if leftovers:
+            log.info("removed %d temporary files of an interrupted write in %s", len(leftovers), self.root)
         meta_path = self.root / META_FILE
         if meta_path.exists():
             existing = _read_json(meta_path)
@@ -104,6 +158,18 @@ class EmbeddingStoreWriter:
     def _record(self, name: str, rows: int) -> None:
         self.shards.append({"name": name, "rows": rows})
         _write_json_atomic(self.root / MANIFEST_FILE, {"shards": self.shards})
+
+    def close(self) -> None:
+        """Release the store's lock (also when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> EmbeddingStoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -154,7 +220,7 @@ def embed_to_store(
         commit_every = shard_size
     if commit_every < 1 or batch_size < 1:
         raise ValueError(f"batch_size and commit_every must be positive; got {batch_size} and {commit_every}")
-    writer = EmbeddingStoreWriter(root, store_meta(encoder.describe()))
+    writer = EmbeddingStoreWriter(root, store_meta(encoder.describe(), lm_identity(encoder)))
     stored_before = set(writer.keys)
     report = EmbedReport()
     keys: list[str] = []  # this shard's keys, encoded or not
@@ -203,6 +269,7 @@ def embed_to_store(
             commit()
     finally:
         bar.close()
+        writer.close()  # the store's lock
         report.seconds = time.perf_counter() - start
     if report.duplicates or report.empty:
         log.warning("skipped %d duplicate keys and %d empty captions", report.duplicates, report.empty)
