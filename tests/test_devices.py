@@ -15,7 +15,7 @@ from frozenvl.flame.model import FlameModel, flame_config
 from frozenvl.flamingo import Flamingo, build
 from frozenvl.testing import TINY_FLAMINGO, images, tiny_lm, tiny_tokenizer, tiny_vision
 
-MODEL_COMMANDS = [["generate"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"]]
+MODEL_COMMANDS = [["generate"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"], ["compare"]]
 BF16 = torch.bfloat16
 
 
@@ -73,7 +73,8 @@ def test_cuda_without_a_gpu_is_one_error_line(command, no_gpu, tmp_path, capsys)
             "eval": ["--task", "synth_icl_words", "--data", str(tmp_path)],
             "embed": ["--input", str(captions), "--out", str(tmp_path / "store")],
             "eval-flame": ["--checkpoint", str(tmp_path), "--task", "retrieval", "--format", "karpathy",
-                           "--data", str(captions)]}
+                           "--data", str(captions)],
+            "compare": [f"out={tmp_path / 'cmp'}"]}
     key = "eval-flame" if command == ["flame", "eval"] else command[-1] if command[0] != "eval" else "eval"
     code = main([*command, *rest[key], "--device", "cuda"])
     err = capsys.readouterr().err.strip()
@@ -144,6 +145,29 @@ def test_flame_embed_and_eval_in_bfloat16(backbone_folders, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_images"] == 1
 
 
+def test_compare_embeds_in_the_chosen_dtype(backbone_folders, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from frozenvl.cli.compare import ComparisonConfig
+    from frozenvl.flame.text_encoder import FacetTextEncoder
+
+    lm_dir, _ = backbone_folders
+    toy = ComparisonConfig(out=str(tmp_path / "cmp"), lm=str(lm_dir), n_pairs=16, n_eval=4, image_size=32, steps=1,
+                           batch_size=8, warmup_steps=1, sampled_facets=2, head_hidden=32,
+                           vision={"patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+                           text={"width": 32, "layers": 1, "heads": 2}, threads=None)
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy.to_dict()))
+    encoders = []
+    original = FacetTextEncoder.encode
+    monkeypatch.setattr(FacetTextEncoder, "encode", lambda self, *a, **k: encoders.append(
+        (self.dtype, self.device)) or original(self, *a, **k))
+    assert main(["compare", "--config", str(tmp_path / "toy.yaml"), "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert set(encoders) == {(BF16, torch.device("cpu"))}
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert (results["device"], results["llm_dtype"]) == ("cpu", "bfloat16")
+
+
 # ------------------------------------------------------------------------------------------ the helpers
 def test_device_and_dtype_names(no_gpu, monkeypatch):
     from frozenvl.cli.devices import resolve_device, resolve_dtype
@@ -162,6 +186,11 @@ def test_device_and_dtype_names(no_gpu, monkeypatch):
     assert resolve_dtype("auto", torch.device("cuda")) == BF16
     with pytest.raises(ValueError, match="2 GPU"):
         as_device("cuda:3")
+    from frozenvl.cli.devices import engine_device
+
+    assert engine_device(torch.device("cuda", 0)) == "cuda" and engine_device(torch.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        engine_device(torch.device("cuda", 1))  # the engine trains on GPU LOCAL_RANK
 
 
 # ------------------------------------------------------------------------------------------ the API

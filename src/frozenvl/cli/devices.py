@@ -45,6 +45,17 @@ def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     return torch.float16
 
 
+def engine_device(device: torch.device) -> str:
+    """The training engine's ``train.device`` for ``device`` (``cpu`` or ``cuda``: the engine trains on GPU 0, or
+    on GPU LOCAL_RANK under torchrun); another device is a ``ValueError`` saying how to pick a GPU."""
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda" and device.index in (None, 0):
+        return "cuda"
+    raise ValueError(f"--device {device}: training runs on cpu or cuda (GPU 0, or GPU LOCAL_RANK under torchrun); "
+                     "choose another GPU with CUDA_VISIBLE_DEVICES")
+
+
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """(device, dtype) of a command's parsed ``--device`` / ``--dtype``."""
     device = resolve_device(args.device)
