@@ -91,7 +91,7 @@ def test_the_temporary_files_of_a_killed_commit_are_removed_by_the_next_writer(t
     assert _files(store) == before
 
 
-def test_a_store_refuses_embeddings_of_other_lm_weights_or_another_lm_dtype(tmp_path):
+def test_a_store_refuses_embeddings_of_other_lm_weights_or_another_lm_dtype(tmp_path, caplog):
     store = tmp_path / "store"
     embed_to_store(RECORDS[:3], _encoder(seed=0), store, progress=False)
     with pytest.raises(StoreMismatchError, match="lm_fingerprint: store has '[0-9a-f]{16}', this run has"):
@@ -101,6 +101,13 @@ def test_a_store_refuses_embeddings_of_other_lm_weights_or_another_lm_dtype(tmp_
     assert len(EmbeddingStore(store)) == 3
     report = embed_to_store(RECORDS[3:], _encoder(seed=0), store, progress=False)  # the same LM again: extended
     assert report.written == 3 and len(EmbeddingStore(store)) == 6
+
+    # A store written before the LM's dtype and fingerprint were recorded is extended, with a warning.
+    meta = json.loads((store / "meta.json").read_text())
+    (store / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if not k.startswith("lm_")}))
+    with caplog.at_level("WARNING"):
+        assert embed_to_store([("k100", "a late thing")], _encoder(seed=1), store, progress=False).written == 1
+    assert "does not record lm_dtype and lm_fingerprint" in caplog.text
 
 
 def _save_lm(folder, seed):

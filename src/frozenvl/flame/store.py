@@ -42,6 +42,7 @@ MANIFEST_FILE = "manifest.json"
 # Fields of the metadata that must match for a store to be extended (everything that changes the numbers).
 IDENTITY_FIELDS = ("format", "lm", "lm_dtype", "lm_fingerprint", "layer", "prompt_set_hash", "num_facets", "dim",
                    "dtype", "normalized", "max_length", "official_compat")
+LM_IDENTITY_FIELDS = ("lm_dtype", "lm_fingerprint")  # not in stores written before they were recorded
 FINGERPRINT_VALUES = 4096  # values of each weight tensor that enter the LM's fingerprint (all of a smaller one)
 
 
@@ -122,7 +123,12 @@ class EmbeddingStoreWriter:
         meta_path = self.root / META_FILE
         if meta_path.exists():
             existing = _read_json(meta_path)
-            diff = {k: (existing.get(k), meta.get(k)) for k in IDENTITY_FIELDS if existing.get(k) != meta.get(k)}
+            unrecorded = [k for k in LM_IDENTITY_FIELDS if k not in existing]
+            if unrecorded:  # a store written before these were recorded: they cannot be compared
+                log.warning("the embedding store %s does not record %s: extending it without checking them",
+                            self.root, " and ".join(unrecorded))
+            diff = {k: (existing.get(k), meta.get(k)) for k in IDENTITY_FIELDS
+                    if k not in unrecorded and existing.get(k) != meta.get(k)}
             if diff:
                 lines = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
                 raise StoreMismatchError(f"refusing to extend the embedding store {self.root} made with another "
