@@ -53,7 +53,7 @@ def tiny(kind: str):
             return {}
     else:
         model = ClipBaseline(baseline_config("tiny", embed_dim=16, text={"width": 32, "layers": 1, "heads": 2},
-                                             tokenizer={"vocab_size": 256, "max_length": 16}))
+                                             tokenizer={"max_length": 16}))
 
         def outputs(m):
             return torch.cat([m.encode_image(pixels), m.encode_text(**m.tokenize(["a red cube", "two stars"]))])

@@ -6,34 +6,42 @@ import torch
 from frozenvl.flame.baseline import ClipBaseline, ClipBaselineConfig, baseline_config
 from frozenvl.flame.evaluate import score_retrieval, score_zero_shot
 from frozenvl.flame.model import FlameModel, flame_config
-from frozenvl.flame.simple_tokenizer import BOS, EOS, PAD, SimpleTokenizer, TokenizerConfig
+from frozenvl.flame.simple_tokenizer import SimpleTokenizer, TokenizerConfig
+
+TEXTS = ["A red square.", "two shapes: a blue star and an ORANGE circle, left of   a green cross", "x"]
 
 
 def _small(**tok) -> ClipBaselineConfig:
     return baseline_config("tiny", embed_dim=16, text={"width": 32, "layers": 2, "heads": 2},
-                           tokenizer={"vocab_size": 512, "max_length": 16, **tok})
+                           tokenizer={"max_length": 16, **tok})
 
 
-def test_word_tokenizer_is_stable_lowercased_and_bounded():
-    tok = SimpleTokenizer(TokenizerConfig(vocab_size=512, max_length=6))
-    ids = tok.encode("A red square.")
-    assert ids[0] == BOS and ids[-1] == EOS and len(ids) == 6  # [BOS] a red square . [EOS]
-    assert ids == tok.encode("a RED   square .")  # case and spacing do not matter, punctuation is a token
-    # A stable hash (not Python's salted hash): the same ids in every process, pinned here.
-    assert ids[1:-1] == [tok._word_id(w) for w in ("a", "red", "square", ".")] == [35, 326, 283, 244]
-    long = tok.encode("one two three four five six seven")
-    assert len(long) == 6 and long[-1] == EOS  # cut to max_length, EOS kept
-    batch = tok(["a red square", "a"])
-    assert batch["input_ids"].shape == (2, 5) and batch["input_ids"][1, 3:].tolist() == [PAD, PAD]
-    assert batch["attention_mask"].sum(1).tolist() == [5, 3]
+def test_tokens_are_open_clips():
+    import open_clip
 
-
-def test_byte_tokenizer():
-    tok = SimpleTokenizer(TokenizerConfig(kind="byte", max_length=8))
-    assert tok.vocab_size == 259
-    assert tok.encode("ab") == [BOS, 3 + ord("a"), 3 + ord("b"), EOS]
+    tok = SimpleTokenizer(TokenizerConfig(max_length=12))
+    batch = tok(TEXTS)
+    expected = open_clip.tokenize(TEXTS, context_length=12)  # (B, 12): [SOT] ... [EOT] 0 ...
+    assert torch.equal(batch["input_ids"], expected)
+    assert tok.vocab_size == 49408 and tok.eot_id == 49407
+    assert batch["input_ids"][1, -1] == tok.eot_id  # the long text is cut, EOT kept
+    assert batch["attention_mask"].sum(1).tolist() == [(row != 0).sum().item() for row in expected]
     with pytest.raises(ValueError, match="kind"):
-        TokenizerConfig(kind="bpe")
+        TokenizerConfig(kind="word")
+
+
+def test_text_tower_is_open_clips():
+    from open_clip.transformer import TextTransformer
+
+    torch.manual_seed(0)
+    model = ClipBaseline(_small()).eval()
+    assert isinstance(model.text, TextTransformer)
+    reference = TextTransformer(context_length=16, vocab_size=49408, width=32, heads=2, layers=2, output_dim=16)
+    reference.load_state_dict(model.text.state_dict())  # the same module layout and names
+    ids = model.tokenize(TEXTS)["input_ids"]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(reference.eval()(ids), dim=-1)
+    torch.testing.assert_close(model.encode_text(ids), expected)
 
 
 def test_same_image_tower_as_flame_and_same_initial_weights():
@@ -74,18 +82,19 @@ def test_text_tower_trains():
         out = model(images, batch["input_ids"], batch["attention_mask"])
         opt.zero_grad()
         out["loss"].backward()
-        assert model.text.token_embed.weight.grad is not None and model.text_proj.weight.grad.abs().sum() > 0
+        assert model.text.token_embedding.weight.grad is not None and model.text.text_projection.grad.abs().sum() > 0
         opt.step()
         losses.append(out["loss"].item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    for name in ("text.token_embed.weight", "text.blocks.0.attn.in_proj_weight", "text_proj.weight",
+    for name in ("text.token_embedding.weight", "text.transformer.resblocks.0.attn.in_proj_weight",
+                 "text.text_projection",
                  "visual.patch_embed.weight", "head.net.0.weight"):
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), name
 
 
 def test_scored_by_flame_evaluation_code(tmp_path):
     torch.manual_seed(0)
-    model = ClipBaseline(_small(**{"kind": "byte", "max_length": 32})).eval()
+    model = ClipBaseline(_small(max_length=32)).eval()
     images = torch.randn(3, 3, 32, 32)
     encoder = model.text_encoder()
     retrieval = score_retrieval(model, encoder, images, ["a", "b", "c", "d"], [0, 1, 2, 2])

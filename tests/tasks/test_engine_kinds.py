@@ -71,8 +71,8 @@ def test_engine_trains_from_a_config(world_and_store, kind):
     for name in ("visual.patch_embed.weight", "head.net.2.weight"):
         assert not torch.equal(weights[name], start[name]), f"{name} did not change"
     if kind == "clip_baseline":
-        assert not torch.equal(weights["text.token_embed.weight"], start["text.token_embed.weight"])
-        assert not torch.equal(weights["text_proj.weight"], start["text_proj.weight"])
+        assert not torch.equal(weights["text.token_embedding.weight"], start["text.token_embedding.weight"])
+        assert not torch.equal(weights["text.text_projection"], start["text.text_projection"])
     # The checkpoint is a folder of the model's own save/load contract.
     loaded = type(initial.model).from_pretrained(ckpt)
     assert loaded.config == initial.model.config

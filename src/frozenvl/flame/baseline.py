@@ -2,8 +2,10 @@
 
 Image side: exactly FLAME's (``VisionTransformer`` + per-token ``PatchHead`` into ``embed_dim``, mean over patch
 tokens, L2 norm), with the same parameter names (``visual.*``, ``head.*``), so with the same seed both models start
-from the same image weights. Text side: hashed-word (or byte) tokens -> a causal pre-norm transformer -> the
-final hidden state at EOS -> a linear projection into ``embed_dim`` -> L2 norm. Everything trains.
+from the same image weights. Text side: CLIP's, from open_clip: its BPE tokenizer (``simple_tokenizer``) and its
+``TextTransformer`` (token and position embeddings, causal pre-norm blocks, final LayerNorm, the hidden state at
+EOT, a linear projection into ``embed_dim``) with a small config (``TextTransformerConfig``), then L2 norm.
+Everything trains.
 
 The loss is FLAME's (``sigmoid`` or ``infonce``) with one positive per image (S = 1). For evaluation the text tower
 is wrapped as an encoder with one facet (:meth:`ClipBaseline.text_encoder`), so FLAME's retrieval and zero-shot
@@ -20,16 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozenvl.backbones.vit import Block, VisionTransformer, VisionTransformerConfig
+from frozenvl.backbones.vit import VisionTransformer, VisionTransformerConfig
 from frozenvl.config import Config, from_dict
 from frozenvl.flame.loss import build_loss
 from frozenvl.flame.model import PatchHead, preset_config
-from frozenvl.flame.simple_tokenizer import EOS, SimpleTokenizer, TokenizerConfig
+from frozenvl.flame.simple_tokenizer import SimpleTokenizer, TokenizerConfig
 from frozenvl.pretrained import PretrainedModel
 
 
 @dataclass
 class TextTransformerConfig(Config):
+    """open_clip's ``CLIPTextCfg`` sizes (ViT-B/16's text tower: width 512, 12 layers, 8 heads), small by default."""
+
     width: int = 256
     layers: int = 4
     heads: int = 4
@@ -56,29 +60,14 @@ def baseline_config(preset: str, embed_dim: int = 576, text: TextTransformerConf
     return from_dict(ClipBaselineConfig, {**fields, **overrides})
 
 
-class TextTransformer(nn.Module):
-    """Token ids (B, L), right-padded -> (B, W) hidden state at each row's EOS.
+def text_transformer(config: TextTransformerConfig, vocab_size: int, context_length: int, embed_dim: int
+                     ) -> nn.Module:
+    """open_clip's text tower: ids (B, context_length) -> (B, embed_dim), pooled at EOT (the largest id)."""
+    from open_clip.transformer import TextTransformer
 
-    Attention is causal, so with right padding no real token ever sees a padding token and no key mask is needed.
-    """
-
-    def __init__(self, config: TextTransformerConfig, vocab_size: int, max_length: int):
-        super().__init__()
-        self.token_embed = nn.Embedding(vocab_size, config.width)
-        self.pos_embed = nn.Parameter(torch.randn(1, max_length, config.width) * 0.01)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.layers))
-        self.norm = nn.LayerNorm(config.width)
-        nn.init.normal_(self.token_embed.weight, std=0.02)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
-        x = self.token_embed(input_ids) + self.pos_embed[:, :length]  # (B, L, W)
-        causal = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)  # (L, L)
-        for block in self.blocks:
-            x = block(x, causal)
-        x = self.norm(x)
-        last = attention_mask.sum(dim=1) - 1  # (B,) index of EOS (the last real token)
-        return x[torch.arange(x.shape[0], device=x.device), last]  # (B, W)
+    return TextTransformer(context_length=context_length, vocab_size=vocab_size, width=config.width,
+                           heads=config.heads, layers=config.layers, mlp_ratio=config.mlp_ratio,
+                           output_dim=embed_dim, pool_type="argmax")
 
 
 class ClipBaseline(PretrainedModel, nn.Module):
@@ -95,8 +84,8 @@ class ClipBaseline(PretrainedModel, nn.Module):
         self.visual = VisionTransformer(config.vision)
         self.head = PatchHead(config.vision.width, config.head_hidden, config.embed_dim)
         self.tokenizer = SimpleTokenizer(config.tokenizer)
-        self.text = TextTransformer(config.text, self.tokenizer.vocab_size, config.tokenizer.max_length)
-        self.text_proj = nn.Linear(config.text.width, config.embed_dim, bias=False)
+        self.text = text_transformer(config.text, self.tokenizer.vocab_size, config.tokenizer.max_length,
+                                     config.embed_dim)
         self.loss = build_loss(config.loss)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,14 +93,15 @@ class ClipBaseline(PretrainedModel, nn.Module):
         tokens = self.head(self.visual(images))  # (B, N, D)
         return F.normalize(tokens.mean(dim=1), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) -> (B, D) L2-normalised text embeddings."""
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, max_length) -> (B, D) L2-normalised text embeddings. ``attention_mask`` is not needed:
+        attention is causal and the embedding is read at EOT, so the padding after it is never seen (as in CLIP)."""
+        return F.normalize(self.text(input_ids), dim=-1)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts))
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         image_features = self.encode_image(images)  # (B, D)
         text_features = self.encode_text(input_ids, attention_mask)  # (B, D)
@@ -152,4 +142,4 @@ class BaselineTextEncoder:
 
     def describe(self) -> dict:
         return {"text_encoder": "clip_baseline", "tokenizer": self.model.config.tokenizer.to_dict(),
-                "eos_id": EOS}
+                "eot_id": self.model.tokenizer.eot_id}

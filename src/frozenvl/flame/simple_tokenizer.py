@@ -1,69 +1,60 @@
-"""Tokenizers for the CLIP baseline's text tower, built in code: nothing to download, nothing to fit.
+"""The CLIP baseline's tokenizer: CLIP's byte-pair encoding, as open_clip ships it (``open_clip.tokenizer.
+SimpleTokenizer``: the 49,408-token vocabulary file is part of the package, nothing is downloaded).
 
-- ``"word"``: lower-cased words and punctuation marks, each mapped to a bucket of a fixed-size vocabulary by a
-  stable hash (BLAKE2b, not Python's salted ``hash``). With a few hundred distinct words and thousands of buckets,
-  collisions are rare, and a word never seen in training still gets a (random, untrained) row.
-- ``"byte"``: the UTF-8 bytes of the text.
-
-Ids 0, 1, 2 are PAD, BOS and EOS in both; a sequence is ``[BOS] tokens [EOS]`` cut to ``max_length`` (EOS kept).
+A text becomes ``[SOT] tokens [EOT]``, lower-cased and cleaned by open_clip, cut to ``max_length`` (EOT kept) and
+padded with 0 to ``max_length``: exactly open_clip's ``tokenize``. The text tower reads the hidden state at EOT,
+the largest id of the vocabulary (open_clip's ``argmax`` pooling).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from frozenvl.config import Config, ConfigError, check_choice
-from frozenvl.tensors import pad_sequences
-
-PAD, BOS, EOS = 0, 1, 2
-SPECIAL = 3
-_WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 @dataclass
 class TokenizerConfig(Config):
-    kind: str = "word"  # "word" (hashed words) | "byte"
-    vocab_size: int = 4096  # "word" only: hash buckets + the special ids
-    max_length: int = 77  # BOS and EOS included
+    kind: str = "bpe"  # CLIP's BPE (open_clip's SimpleTokenizer); the only kind
+    max_length: int = 77  # open_clip's context length, SOT and EOT included
 
     def validate(self, where: str) -> None:
-        check_choice(f"{where}.kind", self.kind, ("word", "byte"))
+        check_choice(f"{where}.kind", self.kind, ("bpe",))
         if self.max_length < 3:
             raise ConfigError(f"{where}.max_length must be >= 3; got {self.max_length}")
-        if self.kind == "word" and self.vocab_size <= SPECIAL:
-            raise ConfigError(f"{where}.vocab_size must be > {SPECIAL}; got {self.vocab_size}")
+
+
+@lru_cache(maxsize=8)
+def _open_clip_tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer as OpenClipTokenizer
+
+    return OpenClipTokenizer(context_length=context_length)
 
 
 class SimpleTokenizer:
-    """Text -> ids (``encode``) and a padded batch (``__call__`` -> input_ids, attention_mask)."""
+    """Texts -> ``{"input_ids", "attention_mask"}``, both (B, max_length): open_clip's token ids, and 1 on the
+    tokens up to EOT."""
 
     def __init__(self, config: TokenizerConfig | None = None):
         self.config = config or TokenizerConfig()
+        self._tokenizer = _open_clip_tokenizer(self.config.max_length)
 
     @property
     def vocab_size(self) -> int:
-        return self.config.vocab_size if self.config.kind == "word" else 256 + SPECIAL
+        return int(self._tokenizer.vocab_size)
 
-    def _word_id(self, word: str) -> int:
-        digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
-        return SPECIAL + int.from_bytes(digest, "little") % (self.config.vocab_size - SPECIAL)
-
-    def encode(self, text: str) -> list[int]:
-        if self.config.kind == "word":
-            body = [self._word_id(w) for w in _WORDS.findall(text.lower())]
-        else:
-            body = [SPECIAL + b for b in text.encode("utf-8")]
-        return [BOS, *body[: self.config.max_length - 2], EOS]
+    @property
+    def eot_id(self) -> int:
+        return int(self._tokenizer.eot_token_id)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Right-padded (B, L) ``input_ids`` and ``attention_mask`` (1 on real tokens), L = longest row."""
         if isinstance(texts, str):
             raise TypeError("the tokenizer takes a list of texts, not one string")
-        rows = [self.encode(t) for t in texts]
-        ids, mask = pad_sequences(rows, PAD, "right", length=max((len(r) for r in rows), default=2))
+        ids = self._tokenizer(list(texts))  # (B, max_length) long, 0 after EOT
+        eot = (ids == self.eot_id).int().argmax(dim=1)  # (B,) the first EOT of each row
+        mask = (torch.arange(ids.shape[1])[None] <= eot[:, None]).long()  # (B, max_length)
         return {"input_ids": ids, "attention_mask": mask}
