@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from frozenvl.cli.devices import add_device_arguments, device_and_dtype, engine_device
 from frozenvl.config import Config
 from frozenvl.files import write_text_atomic
 
@@ -110,8 +111,9 @@ def embed_pairs(config: ComparisonConfig, world: Path, encoder) -> dict[str, Any
             "captions_per_s": round(report.written / seconds, 2) if report.written else None}
 
 
-def run_config(config: ComparisonConfig, kind: str, world: Path, store: str):
-    """The engine's run config of one model: everything but ``model`` is the same for both."""
+def run_config(config: ComparisonConfig, kind: str, world: Path, store: str, device: str = "cpu"):
+    """The engine's run config of one model: everything but ``model`` is the same for both (``device``: the
+    engine's ``train.device``)."""
     from frozenvl.data.synth import split_glob
     from frozenvl.train.config import RunConfig
 
@@ -130,15 +132,16 @@ def run_config(config: ComparisonConfig, kind: str, world: Path, store: str):
                   "schedule": "cosine", "min_lr_ratio": 0.05},
         "train": {"run_dir": str(Path(config.out) / f"run-{kind}"), "steps": config.steps, "seed": config.seed,
                   "log_every": max(1, config.steps // 20), "checkpoint_every": 0, "keep_checkpoints": 1,
-                  "progress": config.progress, "device": "cpu", "threads": config.threads},
+                  "progress": config.progress, "device": device, "threads": config.threads},
     })
 
 
-def train_model(config: ComparisonConfig, kind: str, world: Path, store: str) -> tuple[torch.nn.Module, dict]:
+def train_model(config: ComparisonConfig, kind: str, world: Path, store: str,
+                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     from frozenvl.tasks import build_task
     from frozenvl.train.loop import train
 
-    rc = run_config(config, kind, world, store)
+    rc = run_config(config, kind, world, store, device)
     torch.manual_seed(config.seed)  # both models build visual then head first: identical initial image towers
     task = build_task(rc.model)
     result = train(rc, task=task, overwrite=True)  # a rerun trains again from scratch
@@ -163,9 +166,15 @@ def evaluate_model(model, retrieval_encoder, class_encoder, evals: dict[str, Any
     return out
 
 
-def run_comparison(config: ComparisonConfig) -> dict[str, Any]:
+def run_comparison(config: ComparisonConfig, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """``device``: where the frozen LLM embeds and both models train and are scored (default: the CPU);
+    ``dtype``: the frozen LLM's (the towers train in float32)."""
     from frozenvl.flame.synthetic_eval import world_classification, world_retrieval
     from frozenvl.flame.text_encoder import FacetTextEncoder
+
+    device = torch.device("cpu") if device is None else device
+    engine = engine_device(device)  # before any work
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -173,16 +182,17 @@ def run_comparison(config: ComparisonConfig) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     world = prepare_world(config)
-    encoder = FacetTextEncoder.from_source(config.lm, config.prompts, mode=config.mode)
+    encoder = FacetTextEncoder.from_source(config.lm, config.prompts, mode=config.mode, dtype=dtype, device=device)
     raw_encoder = FacetTextEncoder(encoder.model, encoder.tokenizer, "raw", layer=encoder.layer,
                                    max_length=encoder.max_length, mode=config.mode, source=config.lm)
     embedding = embed_pairs(config, world, encoder)
     evals = {split: world_classification(world, split, config.image_size) for split in ("heldout", "classification")}
     evals["retrieval"] = world_retrieval(world, config.image_size, long=True)
     results: dict[str, Any] = {"config": asdict(config), "world": str(world), "embedding": embedding,
-                               "text_encoder": encoder.describe(), "models": {}}
+                               "text_encoder": encoder.describe(), "models": {},
+                               "device": str(device), "llm_dtype": str(dtype).removeprefix("torch.")}
     for kind in MODELS:
-        model, training = train_model(config, kind, world, embedding["store"])
+        model, training = train_model(config, kind, world, embedding["store"], engine)
         t = time.perf_counter()
         if kind == "flame":
             metrics = evaluate_model(model, encoder, raw_encoder, evals, config.templates)
@@ -261,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file of ComparisonConfig fields (default: the defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="field overrides (values parsed as YAML)")
+    add_device_arguments(p, "the frozen LLM and both towers (--dtype: the LLM's; the towers train in float32)")
     return p
 
 
@@ -277,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"frozenvl compare: config error: {e}", file=sys.stderr)
         return 2
-    results = run_comparison(config)
+    try:
+        device, dtype = device_and_dtype(args)
+        engine_device(device)
+    except ValueError as e:
+        print(f"frozenvl compare: error: {e}", file=sys.stderr)
+        return 2
+    results = run_comparison(config, device, dtype)
     print(json.dumps({k: results[k] for k in ("embedding", "seconds")}))
     print(format_table(results))
     return 0
