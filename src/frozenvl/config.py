@@ -235,12 +235,19 @@ def _list_index(items: list, part: str, where: str) -> int:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML file; a missing file, invalid YAML or a non-mapping is a :class:`ConfigError`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?): {e.reason} at byte {e.start}") \
+            from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to read") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config sections")
     return tree

@@ -66,7 +66,16 @@ def _load_flamingo(args):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    # Read every image before loading the model, so that a wrong path fails at once.
+    # Check the arguments and read every image before loading the model, so that a mistake fails at once.
+    if args.num_beams is None:
+        args.num_beams = 1 if args.sample else 3
+    if args.sample and args.num_beams > 1:
+        raise CLIError(f"--sample draws one sequence: use it with --num-beams 1 (got --num-beams {args.num_beams})")
+    if args.num_beams < 1 or args.max_frames < 1 or args.max_new_tokens < 1:
+        raise CLIError("--num-beams, --max-frames and --max-new-tokens must be >= 1, got "
+                       f"{args.num_beams}, {args.max_frames} and {args.max_new_tokens}")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        raise CLIError(f"--top-p must be in (0, 1] and --temperature > 0, got {args.top_p} and {args.temperature}")
     media = [_load_video(value, args.max_frames) if kind == "video" else _load_image(value)
              for kind, value in args.media or []]
     model, processor = _load_flamingo(args)
@@ -93,8 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--cross-attn-every", type=int, default=4, help="without --model: fusion frequency")
     gen.add_argument("--max-frames", type=int, default=8, help="frames sampled from each --video folder")
     gen.add_argument("--max-new-tokens", type=int, default=20)
-    gen.add_argument("--num-beams", type=int, default=3)
-    gen.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
+    gen.add_argument("--num-beams", type=int, default=None, help="beam search width (default 3; 1 with --sample)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of beam search (implies --num-beams 1)")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--repetition-penalty", type=float, default=1.0,

@@ -9,7 +9,7 @@ import os
 import sys
 
 from frozenvl.cli import demo, generate
-from frozenvl.cli.errors import CLIError
+from frozenvl.cli.errors import run_command
 
 
 def _delegate(module: str):
@@ -65,18 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv and argv[0] in DELEGATED:  # these subcommands own their whole argument list, --help included
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return run_command(argv[0], lambda: module.main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
-        print(f"frozenvl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.command, lambda: args.func(args))
