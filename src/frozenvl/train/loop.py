@@ -407,14 +407,18 @@ class Trainer:
         self.step += 1
         metrics: dict[str, float] = {"samples": float(stats[1]), "tokens": float(stats[2]), "grad_norm": norm,
                                      "skipped": float(skipped), "lr": self.optimizer.param_groups[0]["lr"]}
-        total = 0.0
+        total, weight = 0.0, 0.0
         for k, name in enumerate(all_names):
             if name not in names:
                 continue
             n = float(stats[3 + len(all_names) + k])
             metrics[f"loss/{name}"] = float(stats[3 + k]) / n if n > 0 else float("nan")
             total += self.mixture.weights[name] * metrics[f"loss/{name}"]
-        metrics["loss"] = total if not skipped else float("nan")
+            weight += self.mixture.weights[name]
+        # "loss": nats per token (the datasets' per-token losses averaged with their weights), on the scale of the
+        # held-out eval/loss; "objective": the weighted sum the optimizer minimises.
+        metrics["objective"] = total if not skipped else float("nan")
+        metrics["loss"] = total / weight if not skipped and weight > 0 else float("nan")
         return metrics
 
     @torch.no_grad()
@@ -464,6 +468,7 @@ class Trainer:
         last_ckpt: Path | None = self.resumed_from
         try:
             while self.step < t.steps:
+                step_start = time.perf_counter()
                 m = self.train_step()
                 if m["skipped"]:
                     log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)", self.step,
@@ -477,9 +482,10 @@ class Trainer:
                 else:
                     last_loss = m["loss"]
                 window.add(m)
-                if bar is not None:
+                if bar is not None:  # the same fields at every update: loss (nats/token), lr, samples/s
                     bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.1e}")
+                    rate = m["samples"] / max(time.perf_counter() - step_start, 1e-9)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.1e}", samples_s=f"{rate:.1f}")
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     record = {"step": self.step, **window.record()}
                     record["nonfinite_steps"] = self.nonfinite_steps
@@ -489,8 +495,7 @@ class Trainer:
                     if bar is not None:
                         loss = record.get("loss")
                         bar.set_postfix(loss=f"{loss if loss is not None else float('nan'):.3f}",
-                                        samples_s=f"{record['samples_per_s']:.1f}",
-                                        tok_s=f"{record['tokens_per_s']:.0f}")
+                                        lr=f"{record['lr']:.1e}", samples_s=f"{record['samples_per_s']:.1f}")
                     window.reset()
                 is_last = self.step == t.steps
                 if self.eval_loaders and (is_last or (t.eval_every and self.step % t.eval_every == 0)):
