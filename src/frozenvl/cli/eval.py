@@ -11,6 +11,7 @@ Writes ``<out>/<task>.json`` (config, per-sample predictions, metrics per shot c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
+from frozenvl.eval.metrics import VQA_NORMALIZATIONS
 from frozenvl.eval.tasks import TASKS, TaskSpec, get_task
 from frozenvl.files import check_writable
 
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="queries decoded together")
     p.add_argument("--no-prefix-cache", action="store_true", help="recompute the prompt per query (slow)")
     p.add_argument("--save-prompts", action="store_true", help="store each query's prompt in the JSON")
+    p.add_argument("--vqa-normalization", choices=VQA_NORMALIZATIONS, default="official",
+                   help="VQA accuracy: normalise answers only when the annotators disagree, as the official VQA "
+                        "evaluation does (official), or always, as OpenFlamingo's published numbers (openflamingo)")
     p.add_argument("--out", help="output folder (default: runs/eval/<task>)")
     p.add_argument("--no-progress", action="store_true")
     add_device_arguments(p)
@@ -108,7 +113,7 @@ def load_task_data(spec: TaskSpec, args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from frozenvl.eval.harness import EvalConfig, evaluate, format_summary
 
-    spec = get_task(args.task)
+    spec = dataclasses.replace(get_task(args.task), vqa_normalization=args.vqa_normalization)
     device_and_dtype(args)  # an unusable --device fails before any data is read
     out_dir = Path(args.out or Path("runs") / "eval" / spec.name)
     check_writable(out_dir, folder=True, what="--out")  # before the evaluation, not after it

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from frozenvl.eval.ptb_tokenize import ptb_tokenize
-from frozenvl.eval.vqa_normalize import normalize_answer, process_punctuation
+from frozenvl.eval.vqa_normalize import normalize_answer, strip_whitespace
 
 
 def cider(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]],
@@ -48,22 +48,33 @@ def cider(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]
     return {"CIDEr": 100.0 * float(score), "tokenizer": used, "per_sample": per_key}
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str], official_references: bool = True) -> float:
+VQA_NORMALIZATIONS = ("official", "openflamingo")
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str], normalization: str = "official") -> float:
     """VQA accuracy of one prediction against the human answers (usually 10), in [0, 1].
 
     min(1, #matching humans / 3), averaged over the leave-one-out subsets of the human answers (each subset
-    drops one annotator). With 10 answers: 0, 1, 2, 3, >=4 matches give 0, 0.3, 0.6, 0.9, 1.0. The
-    prediction is fully normalised (:func:`normalize_answer`). ``official_references=True`` treats
-    references as the official scorer does (punctuation processing only, and only when the annotators
-    disagree); ``False`` normalises them fully. A single reference answer scores by exact match (0 or 1).
+    drops one annotator). With 10 answers: 0, 1, 2, 3, >=4 matches give 0, 0.3, 0.6, 0.9, 1.0. Prediction and
+    answers lose surrounding whitespace; then ``normalization`` says when :func:`normalize_answer` applies to
+    both:
+
+    - ``"official"`` (the official VQA evaluation): only when the annotators disagree (the answers are not all
+      the same); a unanimous answer is compared as written, so ``dont`` scores 0 against ten ``don't``;
+    - ``"openflamingo"`` (OpenFlamingo's ``vqa_metric.py``, its published VQAv2 / OK-VQA / VizWiz / TextVQA
+      numbers): always.
+
+    A single reference answer scores by exact match (0 or 1) after the same normalisation.
     """
+    if normalization not in VQA_NORMALIZATIONS:
+        raise ValueError(f"VQA normalization must be one of {', '.join(VQA_NORMALIZATIONS)}; got {normalization!r}")
     if len(answers) == 0:
         raise ValueError("vqa_accuracy needs at least one human answer")
-    pred = normalize_answer(prediction)
-    if official_references:
-        refs = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
-    else:
-        refs = [normalize_answer(a) for a in answers]
+    pred = strip_whitespace(prediction)
+    refs = [strip_whitespace(a) for a in answers]
+    if normalization == "openflamingo" or len(set(refs)) > 1:
+        pred = normalize_answer(pred)
+        refs = [normalize_answer(r) for r in refs]
     matches = [r == pred for r in refs]
     total = sum(matches)
     if len(refs) == 1:
@@ -73,17 +84,18 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], official_references: b
 
 
 def vqa_score(predictions: Mapping[Any, str], answers: Mapping[Any, Sequence[str]],
-              official_references: bool = True) -> dict[str, Any]:
-    """Mean VQA accuracy over a set, in percent.
+              normalization: str = "official") -> dict[str, Any]:
+    """Mean VQA accuracy over a set, in percent (``normalization``: see :func:`vqa_accuracy`).
 
-    Returns ``{"accuracy": float, "per_sample": {key: float in [0, 1]}}``.
+    Returns ``{"accuracy": float, "normalization": str, "per_sample": {key: float in [0, 1]}}``.
     """
     if set(predictions) != set(answers):
         raise ValueError("predictions and answers must have the same keys")
     if not predictions:
         raise ValueError("vqa_score needs at least one sample")
-    per = {k: vqa_accuracy(predictions[k], answers[k], official_references) for k in predictions}
-    return {"accuracy": 100.0 * float(np.mean(list(per.values()))), "per_sample": per}
+    per = {k: vqa_accuracy(predictions[k], answers[k], normalization) for k in predictions}
+    return {"accuracy": 100.0 * float(np.mean(list(per.values()))), "normalization": normalization,
+            "per_sample": per}
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:

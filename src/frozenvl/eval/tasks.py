@@ -15,7 +15,7 @@ from typing import Any
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.eval import records as readers
-from frozenvl.eval.metrics import accuracy, cider, exact_match, roc_auc, vqa_score
+from frozenvl.eval.metrics import VQA_NORMALIZATIONS, accuracy, cider, exact_match, roc_auc, vqa_score
 from frozenvl.eval.postprocess import POSTPROCESSORS
 from frozenvl.eval.records import EvalRecord
 
@@ -49,7 +49,9 @@ class TaskSpec:
 
     ``candidates``: fixed answer set of a close-ended task (e.g. ``("no", "yes")``); None for classification
     means the class names come with the data, and for multiple choice each record's ``meta["choices"]``.
-    ``positive``: the candidate whose probability ROC-AUC ranks by.
+    ``positive``: the candidate whose probability ROC-AUC ranks by. ``vqa_normalization``: when VQA accuracy
+    normalises answers, ``"official"`` (the official VQA evaluation) or ``"openflamingo"`` (OpenFlamingo's
+    published numbers); see :func:`frozenvl.eval.metrics.vqa_accuracy`.
     """
 
     name: str
@@ -63,6 +65,7 @@ class TaskSpec:
     candidates: tuple[str, ...] | None = None
     positive: str | None = None
     length_normalize: bool = True
+    vqa_normalization: str = "official"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -85,6 +88,9 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r}: a generative task needs max_new_tokens >= 1")
         if self.metric == "roc_auc" and (self.candidates is None or self.positive not in self.candidates):
             raise ValueError(f"task {self.name!r}: roc_auc needs candidates and a positive one among them")
+        if self.vqa_normalization not in VQA_NORMALIZATIONS:
+            raise ValueError(f"task {self.name!r}: vqa_normalization must be one of {', '.join(VQA_NORMALIZATIONS)}, "
+                             f"got {self.vqa_normalization!r}")
 
     @property
     def target_field(self) -> str:
@@ -137,7 +143,8 @@ class TaskSpec:
             out = cider({r.key: predictions[r.key] for r in records}, {r.key: r.captions for r in records})
             return {"score": out["CIDEr"], **out}
         if self.metric == "vqa_accuracy":
-            out = vqa_score({r.key: predictions[r.key] for r in records}, {r.key: r.answers for r in records})
+            out = vqa_score({r.key: predictions[r.key] for r in records}, {r.key: r.answers for r in records},
+                            self.vqa_normalization)
             return {"score": out["accuracy"], **out}
         if self.metric == "exact_match":
             per = {r.key: exact_match(predictions[r.key], r.answers) for r in records}
