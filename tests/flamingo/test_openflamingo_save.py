@@ -164,3 +164,12 @@ def test_a_frozen_tensor_that_differs_from_the_lm_is_one_error_naming_it(tmp_pat
     state["lang_encoder.model.decoder.embed_scale"] = torch.ones(1)  # no such tensor in the LM
     with pytest.raises(KeyError, match=r"unexpected 1: lang_encoder\.model\.decoder\.embed_scale"):
         _load_ours(state, lm_dir, of_model, 4)
+
+
+def test_a_whole_unfiltered_state_dict_loads_too(tmp_path, train_utils, tiny_open_clip):
+    # Every frozen LM tensor is then in the file (and the vision tower, ignored): each equals the LM's own.
+    of_model, of_tokenizer, lm_dir, _ = _openflamingo_checkpoint(tmp_path, "mpt", 2, train_utils, tiny_open_clip)
+    state = {f"module.{k}": v for k, v in of_model.state_dict().items()}  # as a DDP-wrapped model saves it
+    assert any(".decoder_layer." in k for k in state)
+    model, processor = _load_ours(state, lm_dir, of_model, 2)
+    assert _logit_gap(model, processor, of_model, of_tokenizer) < 1e-4
