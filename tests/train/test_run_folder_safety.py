@@ -240,6 +240,10 @@ def test_resume_refuses_other_shards_even_as_many(tmp_path, world, template):
     cfg.data.datasets[0].shards = str(other / "renamed-*.tar")
     with pytest.raises(ValueError, match="dataset 'pairs' now reads other shards.*renamed-000000.tar"):
         Trainer(cfg, resume=True)
+    same, _ = tiny_config(world, tmp_path / "run", steps=4, checkpoint_every=2, keep_checkpoints=2)
+    trainer = Trainer(same, resume=True)  # the refused trainer released the run folder's lock
+    assert trainer.resumed_from.name == "step-00000004"
+    trainer.close()
 
 
 def test_overrides_may_follow_resume(tmp_path, world, capsys):

@@ -205,6 +205,14 @@ class Trainer:
         self.ckpt_root = self.run_dir / CHECKPOINTS_DIR
         self._lock = None
         self._claim_run_dir(resume, overwrite)
+        try:
+            self._build(task, resume)
+        except BaseException:
+            self._release()  # the run folder's lock is not held by a trainer that was never made
+            raise
+
+    def _build(self, task, resume: bool) -> None:
+        config, t = self.config, self.config.train
         torch.manual_seed(t.seed)  # same initial trainable weights on every rank
         self.task = task if task is not None else build_task(config.model)
         self.model = self.task.model.to(self.dist.device)
