@@ -232,6 +232,26 @@ def _list_index(items: list, part: str, where: str) -> int:
     raise ConfigError(f"{where}: no entry named {part!r} (entries: {', '.join(names) or 'none'})")
 
 
+MAX_YAML_DEPTH = 100  # flow-style nesting ([ and { outside quotes) a config file may have
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow collections (``[`` / ``{`` outside quoted strings) in ``text``."""
+    depth = deepest = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML file; a missing file, invalid YAML or a non-mapping is a :class:`ConfigError`."""
     path = Path(path)
@@ -240,7 +260,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():  # a folder, a FIFO (reading it would block), a device
         raise ConfigError(f"config file {path} is not a regular file")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        if _flow_depth(text) > MAX_YAML_DEPTH:  # PyYAML would recurse for seconds before its RecursionError
+            raise RecursionError
+        tree = yaml.safe_load(text) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?): {e.reason} at byte {e.start}") \
             from None
