@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from trainfixtures import tiny_config
 
 from frozenvl.tasks import build_task
@@ -122,3 +123,18 @@ def test_every_ablation_trains_two_steps_under_two_process_ddp(tmp_path, world):
     assert outcome.keys() == cases.keys()
     for name, o in outcome.items():
         assert o["steps"] == steps and o["loss"] is not None, (name, o)
+
+
+def test_a_checkpoint_from_before_gateless_none_still_loads():
+    """Checkpoints written while gating="none" still built an (unused) alpha per gate load: the alphas are dropped;
+    anything else unexpected is still refused."""
+    from frozenvl.testing import tiny_flamingo
+
+    model, _ = tiny_flamingo(gating="none")
+    saved = model.saved_state_dict()
+    fused = sorted({n.rsplit(".attn.", 1)[0] for n in saved if ".attn." in n})
+    legacy = {**saved, **{f"{prefix}.attn_gate.alpha": torch.zeros(1) for prefix in fused}}
+    model.load_saved_state_dict(legacy)
+    model.load_trainable(legacy)
+    with pytest.raises(KeyError, match="unexpected"):
+        model.load_saved_state_dict({**legacy, "resampler.extra": torch.zeros(1)})

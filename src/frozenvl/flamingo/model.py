@@ -19,7 +19,13 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from frozenvl.backbones.language import FrozenLanguageModel, build_frozen_lm, find_decoder_layers
+from frozenvl.backbones.language import (
+    FrozenLanguageModel,
+    build_frozen_lm,
+    cache_argument,
+    find_decoder_layers,
+    output_cache,
+)
 from frozenvl.backbones.vision import VisionEncoder, build_vision
 from frozenvl.flamingo.activation_checkpointing import enable_gradient_checkpointing
 from frozenvl.flamingo.cache import FlamingoCache
@@ -86,6 +92,7 @@ class Flamingo(PretrainedModel, nn.Module):
             fused.append(layer)
         self.lm.set_submodule(self.decoder_layers_path, nn.ModuleList(fused))
         self._lm_takes_position_ids = "position_ids" in inspect.signature(self.lm.forward).parameters
+        self._lm_cache_argument = cache_argument(self.lm)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.vocab_size = self.lm.get_output_embeddings().vocab_size
 
     @property
@@ -185,7 +192,7 @@ class Flamingo(PretrainedModel, nn.Module):
         if output_hidden_states:
             lm_kwargs["output_hidden_states"] = True
         if cache is not None:
-            lm_kwargs["past_key_values"] = cache.past_key_values
+            lm_kwargs[self._lm_cache_argument] = cache.past_key_values
         if self._lm_takes_position_ids:
             # Positions from the mask, so left padding does not shift a row (a batch equals its rows).
             lm_kwargs["position_ids"] = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
@@ -217,8 +224,13 @@ class Flamingo(PretrainedModel, nn.Module):
 
         new_cache = None
         if use_cache:
+            lm_cache = output_cache(out)
+            if lm_cache is None:
+                raise ValueError(f"{type(self.lm).__name__} returns no cache (it keeps its recurrent state inside "
+                                 "its modules), so a Flamingo cannot continue or select it: use use_cache=False "
+                                 "(generate(..., use_cache=False) recomputes the sequence at every step)")
             new_cache = FlamingoCache(
-                past_key_values=out.past_key_values,
+                past_key_values=lm_cache,
                 media=media_all,
                 media_docs=docs_all if docs_all is not None else torch.zeros(B, 0, dtype=torch.long, device=device),
                 attention_mask=full_mask,
@@ -257,7 +269,15 @@ class Flamingo(PretrainedModel, nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+        tensors = self._without_legacy_gates(tensors)
         self._load_named({n: p for n, p in self.named_parameters() if p.requires_grad}, tensors, strict)
+
+    def _without_legacy_gates(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints written before ``gating="none"`` stopped building a gate hold an unused ``alpha`` per gate;
+        it never acted on the output, so it is dropped rather than refused."""
+        if self.config.gating != "none":
+            return tensors
+        return {n: t for n, t in tensors.items() if not n.endswith(("attn_gate.alpha", "ff_gate.alpha"))}
 
     @staticmethod
     def _load_named(own: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
@@ -290,7 +310,7 @@ class Flamingo(PretrainedModel, nn.Module):
 
     def load_saved_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        self._load_named({**own, **self._saved_frozen()}, tensors)
+        self._load_named({**own, **self._saved_frozen()}, self._without_legacy_gates(tensors))
 
     @classmethod
     def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, *,
