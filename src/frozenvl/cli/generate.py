@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
@@ -51,6 +52,22 @@ class _AppendMedia(argparse.Action):
         namespace.media = media
 
 
+GATE_CLOSED = 1e-3  # |tanh(alpha)| below this: the block adds (almost) nothing
+
+
+def closed_gates_warning(model) -> str | None:
+    """A warning when every tanh gate of the model is ~0: its images change nothing, the LM answers alone (a fresh
+    model's gates start at 0). None when a gate is open or the model has no tanh gates (``gating="none"``)."""
+    from frozenvl.flamingo.cross_attention import TanhGate
+
+    gates = [m for m in model.modules() if isinstance(m, TanhGate)] if hasattr(model, "modules") else []
+    if not gates or any(float(m.alpha.detach().float().tanh().abs().max()) >= GATE_CLOSED for m in gates):
+        return None
+    return (f"warning: all {len(gates)} cross-attention gates of this model are closed (|tanh(alpha)| < "
+            f"{GATE_CLOSED:g}): it ignores its images and answers from its language model alone. It is untrained: "
+            "pass --model with a trained Flamingo (frozenvl demo, frozenvl train)")
+
+
 def _load_flamingo(args):
     import frozenvl.flamingo as fl
 
@@ -79,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     media = [_load_video(value, args.max_frames) if kind == "video" else _load_image(value)
              for kind, value in args.media or []]
     model, processor = _load_flamingo(args)
+    warning = closed_gates_warning(model)
+    if warning:
+        print(warning, file=sys.stderr)
     torch.manual_seed(args.seed)
     batch = processor([args.prompt], [media], padding_side="left").to(model.device)
     out = model.generate(**batch, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
