@@ -78,6 +78,10 @@ def test_user_errors_of_any_command_are_one_line_bugs_keep_their_traceback(capsy
     assert capsys.readouterr().err == "frozenvl data: error: [Errno 28] No space left on device: 'out/x.tar'\n"
     assert run_command("eval", fails(ValueError("a\n  multi-line   message"))) == 2
     assert capsys.readouterr().err == "frozenvl eval: error: a multi-line message\n"
+    from PIL import Image
+
+    assert run_command("flame", fails(Image.DecompressionBombError("Image size (1600000000 pixels) exceeds"))) == 2
+    assert capsys.readouterr().err.startswith("frozenvl flame: error: Image size (1600000000 pixels)")
     with pytest.raises(TypeError):  # a bug: not dressed up as a user error
         run_command("eval", fails(TypeError("unsupported operand")))
     monkeypatch.setenv("FROZENVL_TRACEBACK", "1")

@@ -105,3 +105,20 @@ def test_caption_inputs_count_deep_and_binary_lines(tmp_path):
     skips = SkipCounter()
     assert list(iter_captions([path], skips)) == [("a", "A cat."), ("b", "A dog.")]
     assert skips.as_dict() == {"bad_json": 2}
+
+
+def test_media_markers_in_annotation_text_are_skipped_or_escaped(tmp_path):
+    from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+    from frozenvl.data.formats import ESCAPED_END_OF_CHUNK
+
+    coco = {"images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
+            "annotations": [{"image_id": 1, "caption": f"The {END_OF_CHUNK} token."},
+                            {"image_id": 2, "caption": f"An {IMAGE_TOKEN} marker."}]}
+    with pytest.warns(UserWarning, match="coco.json: skipped 2 entries"):  # the caption, then its image
+        records = R.read_coco_captions(write(tmp_path / "coco.json", coco))
+    assert [(r.key, r.captions) for r in records] == [("1", [f"The {ESCAPED_END_OF_CHUNK} token."])]
+    qs = {"questions": [{"question_id": 1, "image_id": 1, "question": f"What is {END_OF_CHUNK}?"},
+                        {"question_id": 2, "image_id": 2, "question": f"Where is {IMAGE_TOKEN}?"}]}
+    with pytest.warns(UserWarning, match="q.json: skipped 1 questions"):
+        records = R.read_vqav2(write(tmp_path / "q.json", qs))
+    assert [r.question for r in records] == [f"What is {ESCAPED_END_OF_CHUNK}?"]

@@ -244,3 +244,11 @@ def test_the_processor_and_generate_name_a_bomb_image(tmp_path):
         processor.load_image(str(path), "sample 0 image 0")
     with pytest.raises(CLIError, match="bomb.png"):
         _load_image(str(path))
+
+
+def test_skip_details_name_the_shard(tmp_path, caplog):
+    with ShardWriter(tmp_path, "named", max_samples=10) as w:
+        w.write({"__key__": "bad", "png": b"not an image", "txt": b"a caption"})
+    with caplog.at_level("WARNING", logger="frozenvl.data"):
+        assert list(ShardDataset(w.shards, LoaderConfig())) == []
+    assert "(corrupt_image): " + str(w.shards[0]) + ": " in caplog.text

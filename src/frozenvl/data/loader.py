@@ -225,7 +225,7 @@ class ShardDataset(IterableDataset):
             try:
                 sample = self.process(raw)
             except BadSample as e:
-                skips.add(e.reason, e.detail)
+                skips.add(e.reason, f"{raw.get('__shard__', '?')}: {e.detail}")  # the log names the shard
                 continue
             if self.track_position:
                 sample["__stream__"], sample["__index__"] = stream, index

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.data.formats import ESCAPED_END_OF_CHUNK
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -100,12 +103,16 @@ def _entries(data: Any, path: str | os.PathLike, name: str | None = None) -> lis
 
 
 def _text(value: Any) -> str:
-    """A stripped string field; anything else is a malformed entry (TypeError)."""
+    """A stripped string field, safe in a prompt; anything else is a malformed entry (TypeError). As in the data
+    loader, a literal ``<image>`` makes the entry malformed (it would ask for an image the prompt does not have)
+    and a literal ``<|endofchunk|>`` is written as ``<endofchunk>``, ordinary text, not the control token."""
     if value is None:
         return ""
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value.strip()
+    if IMAGE_TOKEN in value:
+        raise ValueError(f"a literal {IMAGE_TOKEN} in {value[:60]!r}")
+    return value.strip().replace(END_OF_CHUNK, ESCAPED_END_OF_CHUNK)
 
 
 def _warn_skipped(path: str | os.PathLike, skipped: int, what: str) -> None:
