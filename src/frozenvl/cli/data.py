@@ -5,6 +5,7 @@
     frozenvl data convert coco CAPTIONS.json IMAGES OUT [--records pairs|caption|retrieval]
     frozenvl data convert vqav2 QUESTIONS.json IMAGES OUT [--annotations ANNOTATIONS.json]
     frozenvl data convert mmc4 DOCS.jsonl IMAGES OUT
+    frozenvl data convert video VIDEOS CAPTIONS.csv|.jsonl OUT [--fps 1 --max-frames 8]
     frozenvl data inspect SHARDS   # count samples by kind and skipped ones by reason
 """
 
@@ -88,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out", help="output folder")
     common(m)
 
+    d = csub.add_parser("video", help="folder of video files + CSV/JSONL captions -> video-text pairs",
+                        description="Rows name a video file (column video/video_id/file/filename/path; the "
+                                    "extension may be left out) and a caption (caption/text/title); each video is "
+                                    "decoded at --fps frames per second (the Flamingo paper: 1), at most "
+                                    "--max-frames frames spread over the clip. Videos that cannot be decoded are "
+                                    "skipped and counted.")
+    d.add_argument("videos", help="video folder (mp4, webm, avi, mkv, mov, ...)")
+    d.add_argument("captions", help="CSV with a header, or JSONL")
+    d.add_argument("out", help="output folder")
+    d.add_argument("--fps", type=float, default=1.0, help="frames decoded per second of video (default 1)")
+    d.add_argument("--max-frames", type=int, default=None,
+                   help="at most this many frames per video, spread evenly over the clip (default: all)")
+    d.add_argument("--prefix", default="videos", help="shard name prefix (default videos)")
+    d.add_argument("--video-column", default=None, help="column holding the video file name")
+    d.add_argument("--caption-column", default=None, help="column holding the caption")
+    d.add_argument("--image-format", choices=("jpg", "png", "webp"), default="jpg",
+                   help="how frames are stored (default jpg)")
+    common(d)
+
     i = sub.add_parser("inspect", help="count the samples of shards by kind and the skipped ones by reason")
     i.add_argument("shards", nargs="+", help="shard files, folders or globs")
     return p
@@ -119,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.source == "vqav2":
             report = conv.convert_vqav2(args.questions_json, args.images, args.out,
                                         annotations_json=args.annotations, **kw)
+        elif args.source == "video":
+            report = conv.convert_videos(args.videos, args.captions, args.out, fps=args.fps,
+                                         max_frames=args.max_frames, prefix=args.prefix,
+                                         video_column=args.video_column, caption_column=args.caption_column,
+                                         image_format=args.image_format, **kw)
         else:
             report = conv.convert_mmc4(args.jsonl, args.images, args.out, **kw)
         print(report.summary())

@@ -1,4 +1,5 @@
-"""``frozenvl generate``: few-shot prompting of a Flamingo from the command line (images, frame folders)."""
+"""``frozenvl generate``: few-shot prompting of a Flamingo from the command line (images, video files, frame
+folders)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,18 @@ def _load_image(spec: str):
         raise CLIError(f"image {spec} cannot be decoded: {e}") from e
 
 
-def _load_video(folder: str, max_frames: int):
+def _load_video(folder: str, max_frames: int, fps: float = 1.0):
+    """A video file (decoded at ``fps``, at most ``max_frames`` frames spread over the clip) or a frame folder."""
     path = Path(folder)
+    if path.is_file():
+        from frozenvl.data.video import read_video_frames
+
+        try:
+            return read_video_frames(path, fps, max_frames)
+        except ValueError as e:
+            raise CLIError(str(e)) from e
     if not path.is_dir():
-        raise CLIError(f"video frame folder {folder} does not exist")
+        raise CLIError(f"video {folder} does not exist (a video file or a folder of frames)")
     frames = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp"))
     if not frames:
         raise CLIError(f"video frame folder {folder} has no image files")
@@ -88,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
         args.num_beams = 1 if args.sample else 3
     if args.sample and args.num_beams > 1:
         raise CLIError(f"--sample draws one sequence: use it with --num-beams 1 (got --num-beams {args.num_beams})")
+    if not args.video_fps > 0:
+        raise CLIError(f"--video-fps must be > 0, got {args.video_fps}")
     if args.num_beams < 1 or args.max_frames < 1 or args.max_new_tokens < 1:
         raise CLIError("--num-beams, --max-frames and --max-new-tokens must be >= 1, got "
                        f"{args.num_beams}, {args.max_frames} and {args.max_new_tokens}")
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise CLIError(f"--top-p must be in (0, 1] and --temperature > 0, got {args.top_p} and {args.temperature}")
-    media = [_load_video(value, args.max_frames) if kind == "video" else _load_image(value)
+    media = [_load_video(value, args.max_frames, args.video_fps) if kind == "video" else _load_image(value)
              for kind, value in args.media or []]
     model, processor = _load_flamingo(args)
     warning = closed_gates_warning(model)
@@ -115,12 +126,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "prompt per --image/--video, in order. Images may be paths or skimage:NAME.")
     gen.add_argument("--prompt", required=True, help='e.g. "<image>Output: a cat.<|endofchunk|><image>Output:"')
     gen.add_argument("--image", dest="media", action=_AppendMedia, help="an image path or skimage:NAME (repeat)")
-    gen.add_argument("--video", dest="media", action=_AppendMedia, help="a folder of video frames (repeat)")
+    gen.add_argument("--video", dest="media", action=_AppendMedia,
+                     help="a video file (mp4, webm, ...) or a folder of its frames (repeat)")
     gen.add_argument("--model", help="a Flamingo folder written by save_pretrained / training")
     gen.add_argument("--lm", default="embedded:smollm2-135m", help="LM source when --model is not given")
     gen.add_argument("--vision", default="embedded:efficientnet-lite0", help="vision source without --model")
     gen.add_argument("--cross-attn-every", type=int, default=4, help="without --model: fusion frequency")
-    gen.add_argument("--max-frames", type=int, default=8, help="frames sampled from each --video folder")
+    gen.add_argument("--max-frames", type=int, default=8,
+                     help="at most this many frames of each --video, spread over the clip")
+    gen.add_argument("--video-fps", type=float, default=1.0,
+                     help="frames per second decoded from a --video file (default 1, the Flamingo paper's rate)")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--num-beams", type=int, default=None, help="beam search width (default 3; 1 with --sample)")
     gen.add_argument("--sample", action="store_true", help="sample instead of beam search (implies --num-beams 1)")

@@ -4,6 +4,8 @@
 - `convert_coco`: COCO captions JSON + image folder -> pairs, or captioning / retrieval evaluation records.
 - `convert_vqav2`: VQAv2 questions (+ annotations) JSON + image folder -> VQA records.
 - `convert_mmc4`: MMC4-style JSONL (text_list + image_info) + local images -> interleaved pages.
+- `convert_videos`: a folder of video files + a CSV or JSONL file of captions -> video-text pairs, the frames
+  decoded at 1 FPS (`frozenvl.data.video`).
 
 Each writes shards of `shard_size` samples, shows a progress bar, and returns a `ConvertReport` with what was
 written and what was skipped, by reason. Source images are stored as they are (verified to decode) unless
@@ -37,13 +39,16 @@ from frozenvl.data.formats import (
     interleaved_sample,
     pair_sample,
     retrieval_record,
+    video_sample,
     vqa_record,
 )
 from frozenvl.data.shards import MAX_MEMBER_BYTES, ShardWriter
 from frozenvl.data.skips import BadSample, SkipCounter
+from frozenvl.data.video import find_video_file, read_video_frames
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title")
+VIDEO_COLUMNS = ("video", "video_id", "file", "filename", "file_name", "path", "video_path")
 
 
 @dataclass
@@ -174,7 +179,8 @@ def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
             rows.append({"__bad__": f"{path}:{reader.line_num}: {e}", "__reason__": "bad_field"})
 
 
-def _check_columns(path: Path, rows: list[Any], image_column: str | None, caption_column: str | None) -> None:
+def _check_columns(path: Path, rows: list[Any], image_column: str | None, caption_column: str | None,
+                   media: tuple[str, tuple[str, ...], str] = ("image", IMAGE_COLUMNS, "--image-column")) -> None:
     """One clear error for a caption file without the columns a pair needs (a CSV without a header line reads
     its first row as the header): naming the file, the missing column and the columns it has."""
     if not rows:
@@ -184,7 +190,7 @@ def _check_columns(path: Path, rows: list[Any], image_column: str | None, captio
         if isinstance(row, dict) and "__bad__" not in row:
             columns.update(str(k) for k in row if k is not None)
     is_csv = path.suffix.lower() not in (".jsonl", ".json", ".ndjson")
-    for what, given, names, flag in (("image", image_column, IMAGE_COLUMNS, "--image-column"),
+    for what, given, names, flag in ((media[0], image_column, media[1], media[2]),
                                      ("caption", caption_column, CAPTION_COLUMNS, "--caption-column")):
         wanted = (given,) if given is not None else names
         if not columns or any(n in columns for n in wanted):
@@ -421,3 +427,69 @@ def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, 
     samples = (_guard(lambda n=n, line=line: one(n, line), f"{path}:{n}") for n, line in enumerate(lines)
                if line.strip())
     return _write(samples, out_dir, prefix, shard_size, len(lines), progress, report)
+
+
+def convert_videos(video_dir: str | Path, captions: str | Path, out_dir: str | Path, *, fps: float = 1.0,
+                   max_frames: int | None = None, shard_size: int = 1000, prefix: str = "videos",
+                   video_column: str | None = None, caption_column: str | None = None, max_size: int | None = None,
+                   image_format: str = "jpg", progress: bool = True) -> ConvertReport:
+    """Video-text pairs from a folder of video files and a CSV/JSONL of rows {video, caption[, key]}: each video
+    decoded at ``fps`` (at most ``max_frames`` frames spread over the clip, :func:`read_video_frames`), frames
+    stored as ``image_format`` (JPEG by default: natural frames) and downscaled to ``max_size`` when asked. A row
+    may name the file without its extension (MSR-VTT's ``video7010``); several rows of one video (MSR-VTT's 20
+    captions) give one sample each, the video decoded once. A missing video is 'missing_video', one that cannot be
+    decoded 'corrupt_video': skipped and counted."""
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0; got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1; got {max_frames}")
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f"video folder not found: {video_dir}")
+    rows = read_caption_rows(captions)
+    _check_columns(Path(captions), rows, video_column, caption_column, ("video", VIDEO_COLUMNS, "--video-column"))
+    seen: set[str] = set()
+    decoded: dict[str, list[Image.Image] | BadSample] = {}  # the last video's frames (rows of a video are adjacent)
+
+    def frames_of(name: str) -> list[Image.Image]:
+        if name not in decoded:
+            decoded.clear()
+            path = find_video_file(video_dir, name)
+            try:
+                if path is None:
+                    raise BadSample("missing_video", str(video_dir / name))
+                frames = read_video_frames(path, fps, max_frames)
+                if max_size is not None:
+                    frames = [f.copy() for f in frames]
+                    for f in frames:
+                        f.thumbnail((max_size, max_size), Image.BICUBIC)
+                decoded[name] = frames
+            except BadSample as e:
+                decoded[name] = e
+            except ValueError as e:  # VideoDecodeError: the message names the file
+                decoded[name] = BadSample("corrupt_video", str(e))
+        if isinstance(decoded[name], BadSample):
+            raise decoded[name]
+        return decoded[name]
+
+    def one(i: int, row: dict[str, Any]) -> RawSample:
+        if not isinstance(row, dict) or "__bad__" in row:
+            if isinstance(row, dict):
+                raise BadSample(row.get("__reason__", "bad_json"), str(row["__bad__"]))
+            raise BadSample("bad_json", f"{captions} row {i}: {str(row)[:80]} is not an object")
+        name, caption = _pick(row, VIDEO_COLUMNS, video_column), _pick(row, CAPTION_COLUMNS, caption_column)
+        if not name or not isinstance(name, str | int):
+            raise BadSample("missing_field" if not name else "bad_field", f"row {i}: video {name!r}")
+        if not isinstance(caption, str):
+            raise BadSample("missing_field" if caption is None else "bad_field", f"row {i}: caption {caption!r}")
+        if not caption.strip():
+            raise BadSample("empty_text", f"row {i}")
+        key = safe_key(str(row.get("key") or f"{Path(str(name)).stem}_{i}"))
+        if key in seen:
+            key = safe_key(f"{key}_{i}")
+        seen.add(key)
+        return video_sample(key, frames_of(str(name)), caption.strip(), fps, extra={"video": str(name)},
+                            image_format=image_format)
+
+    samples = (_guard(lambda i=i, row=row: one(i, row), f"{captions} row {i}") for i, row in enumerate(rows))
+    return _write(samples, out_dir, prefix, shard_size, len(rows), progress)

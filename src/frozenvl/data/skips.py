@@ -29,6 +29,8 @@ SKIP_REASONS: dict[str, str] = {
     "missing_image": "an image file the source refers to does not exist",
     "corrupt_image": "an image could not be decoded (corrupt, truncated or not an image)",
     "image_too_large": "an image has more pixels than the loader's limit",
+    "missing_video": "a video file the source refers to does not exist",
+    "corrupt_video": "a video file could not be decoded (corrupt, truncated, not a video, or frames too large)",
     "empty_text": "the text (caption, question, page) is empty after stripping",
     "image_token_in_text": "the text holds a literal <image> marker, which would not match the sample's images",
     "too_many_images": "more images than max_images (and truncation is off or impossible)",

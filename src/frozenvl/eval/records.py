@@ -2,7 +2,8 @@
 
 Supported: COCO / Flickr30k captions (Karpathy-split JSON and official COCO annotation JSON), VQAv2 and OK-VQA
 (questions + annotations JSON), TextVQA and VizWiz JSON, ImageNet-style class folders with a class list,
-HatefulMemes JSONL, and video frame folders with caption or QA annotations (MSVD / MSR-VTT style).
+HatefulMemes JSONL, and videos (video files or frame folders) with caption or QA annotations (MSVD / MSR-VTT
+style).
 Entries with missing, empty or malformed fields (a number where a text goes, an id that cannot be a key, an
 entry that is not an object) are skipped and counted (a warning names the file and the count); a file that
 cannot be parsed (missing, not UTF-8, not JSON, nested deeper than Python's stack, the wrong layout) raises one
@@ -22,6 +23,7 @@ from typing import Any
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.data.formats import ESCAPED_END_OF_CHUNK
+from frozenvl.data.video import find_video_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -30,7 +32,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 class EvalRecord:
     """One evaluation sample. Only the fields its task needs are set.
 
-    ``image_path`` or ``image`` (an in-memory image) for images, ``frames`` (frame paths in time order) for
+    ``image_path`` or ``image`` (an in-memory image) for images, ``frames`` (frame paths in time order) or
+    ``video`` (a video file, decoded at 1 FPS when used: :func:`frozenvl.data.video.read_video_frames`) for
     videos; ``captions`` for captioning; ``question`` and ``answers`` (all human answers) for VQA; ``label``
     (class index or 0/1) for classification; ``text`` for text written on the image (HatefulMemes).
     """
@@ -39,6 +42,7 @@ class EvalRecord:
     image_path: str | None = None
     image: Any = None
     frames: list[str] | None = None
+    video: str | None = None
     question: str | None = None
     answers: list[str] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
@@ -48,9 +52,12 @@ class EvalRecord:
 
     @property
     def media(self) -> Any:
-        """What the model sees for this sample: the frame list, the in-memory image, or the image path."""
+        """What the model sees for this sample: the frame list, the video file, the in-memory image, or the image
+        path."""
         if self.frames is not None:
             return self.frames
+        if self.video is not None:
+            return self.video
         return self.image if self.image is not None else self.image_path
 
     @property
@@ -401,12 +408,11 @@ def read_video_captions(frames_root: str | os.PathLike, annotations_path: str | 
             skipped += 1
     records = []
     for vid, caps in captions.items():
-        folder = Path(frames_root, vid)
-        frames = video_frames(folder, max_frames) if folder.is_dir() else []
-        if not frames:
+        media = _video_media(frames_root, vid, max_frames)
+        if media is None:
             skipped += 1
             continue
-        records.append(EvalRecord(key=vid, frames=frames, captions=caps))
+        records.append(EvalRecord(key=vid, captions=caps, **media))
     _warn_skipped(annotations_path, skipped, "videos")
     return records
 
@@ -414,9 +420,10 @@ def read_video_captions(frames_root: str | os.PathLike, annotations_path: str | 
 def read_video_qa(frames_root: str | os.PathLike, annotations_path: str | os.PathLike,
                   max_frames: int | None = None) -> list[EvalRecord]:
     """Video QA (MSVD-QA / MSRVTT-QA style): a JSON list of ``{"video_id" | "video", "question", "answer"}``
-    (``"answers"`` lists allowed); frames in ``frames_root/<video_id>/``. Keys are row indices."""
+    (``"answers"`` lists allowed); frames in ``frames_root/<video_id>/`` or a video file
+    ``frames_root/<video_id>[.mp4]``, as :func:`read_video_captions`. Keys are row indices."""
     records, skipped = [], 0
-    frames_cache: dict[str, list[str]] = {}
+    media_cache: dict[str, dict[str, Any] | None] = {}
     for index, item in enumerate(_video_items(_load_json(annotations_path), annotations_path)):
         try:
             vid = item.get("video_id", item.get("video"))
@@ -430,13 +437,12 @@ def read_video_qa(frames_root: str | os.PathLike, annotations_path: str | os.Pat
             skipped += 1
             continue
         vid = str(vid)
-        if vid not in frames_cache:
-            folder = Path(frames_root, vid)
-            frames_cache[vid] = video_frames(folder, max_frames) if folder.is_dir() else []
-        if not frames_cache[vid]:
+        if vid not in media_cache:
+            media_cache[vid] = _video_media(frames_root, vid, max_frames)
+        if media_cache[vid] is None:
             skipped += 1
             continue
-        records.append(EvalRecord(key=str(item.get("question_id", index)), frames=frames_cache[vid],
-                                  question=text, answers=answers, meta={"video_id": vid}))
+        records.append(EvalRecord(key=str(item.get("question_id", index)), question=text, answers=answers,
+                                  meta={"video_id": vid}, **media_cache[vid]))
     _warn_skipped(annotations_path, skipped, "questions")
     return records

@@ -2,7 +2,9 @@
 
 Text format: ``<image>caption<|endofchunk|>`` per chunk. ``images[i]`` lists the media of sample ``i`` in the
 order of its ``<image>`` markers; a medium is an image (PIL image, HWC uint8 array, path, bytes, or an already
-transformed (C, H, W) tensor) or a video (a list of frames, sampled at 1 FPS by the caller or the data loader).
+transformed (C, H, W) tensor) or a video (a list of frames, sampled at 1 FPS by the caller or the data loader, or a
+video file path such as ``clip.mp4``, decoded at ``video_fps`` frames per second by
+:func:`frozenvl.data.video.read_video_frames`).
 
 The call follows transformers' processors (``processor(text=..., images=..., videos=..., padding=...,
 truncation=..., max_length=...)`` returns a ``BatchFeature``; ``decode`` / ``batch_decode`` are the tokenizer's),
@@ -19,13 +21,17 @@ import torch
 from transformers import BatchFeature
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
+from frozenvl.data.video import is_video_file, read_video_frames
 from frozenvl.tensors import check_padding_side, pad_sequences, stack_media
 
 
 class FlamingoProcessor:
     def __init__(self, tokenizer, image_transform: Callable, max_images: int = 32, max_length: int = 2048,
-                 padding_side: str = "right"):
+                 padding_side: str = "right", video_fps: float = 1.0):
+        if not video_fps > 0:
+            raise ValueError(f"video_fps must be > 0, got {video_fps}")
         self.tokenizer = tokenizer
+        self.video_fps = video_fps  # frames per second sampled from a video file (the Flamingo paper: 1)
         self.image_transform = image_transform
         self.max_images = max_images
         self.max_length = max_length
@@ -57,7 +63,12 @@ class FlamingoProcessor:
 
     def media_tensor(self, medium, where: str = "image", max_frames: int | None = None) -> torch.Tensor:
         """An image -> (1, C, H, W); a video (a list of frames) -> (F, C, H, W), its frames evenly subsampled to
-        ``max_frames`` (the model's temporal embeddings) when longer."""
+        ``max_frames`` (the model's temporal embeddings) when longer. A video file is decoded at ``video_fps``."""
+        if is_video_file(medium):
+            try:
+                medium = read_video_frames(medium, self.video_fps, max_frames)
+            except (ValueError, FileNotFoundError) as e:
+                raise ValueError(f"{where}: {e}") from e
         if not isinstance(medium, (list, tuple)):
             return self.load_image(medium, where).unsqueeze(0)
         if not medium:
@@ -209,12 +220,15 @@ def _truncation_strategy(truncation: bool | str) -> bool:
 
 
 def _is_frame(x) -> bool:
-    """An image (PIL, HWC array, (C, H, W) tensor, path, bytes): not a list, not a 4-D array of frames."""
-    return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) != 4
+    """An image (PIL, HWC array, (C, H, W) tensor, path, bytes): not a list, not a 4-D array of frames, not a
+    video file."""
+    return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) != 4 and not is_video_file(x)
 
 
 def _is_video(x) -> bool:
-    """A video: a list of frames, or an (F, H, W, C) array / (F, C, H, W) tensor."""
+    """A video: a list of frames, an (F, H, W, C) array / (F, C, H, W) tensor, or a video file path."""
+    if is_video_file(x):
+        return True
     if isinstance(x, (list, tuple)):
         return bool(x) and all(_is_frame(f) for f in x)
     return getattr(x, "ndim", None) == 4
@@ -252,9 +266,9 @@ def _videos_per_sample(videos, n_texts: int, single: bool) -> list[list]:
         sample = [] if sample is None else [sample] if _is_video(sample) else list(sample)
         for j, video in enumerate(sample):
             if not _is_video(video):
-                raise ValueError(f"sample {i} video {j}: a video is a non-empty list of frames or an (F, H, W, C) "
-                                 f"array / (F, C, H, W) tensor, got {type(video).__name__}")
-        out.append([list(video) for video in sample])
+                raise ValueError(f"sample {i} video {j}: a video is a non-empty list of frames, an (F, H, W, C) "
+                                 f"array / (F, C, H, W) tensor or a video file path, got {type(video).__name__}")
+        out.append([video if is_video_file(video) else list(video) for video in sample])  # a file: decoded later
     return out
 
 
