@@ -380,6 +380,17 @@ def video_frames(folder: str | os.PathLike, max_frames: int | None = None) -> li
     return frames
 
 
+def _video_media(root: str | os.PathLike, video_id: str, max_frames: int | None) -> dict[str, Any] | None:
+    """A video's fields of :class:`EvalRecord`: ``frames`` of the folder ``root/<video_id>/``, else ``video``, the
+    file ``root/<video_id>`` or ``root/<video_id>.<ext>`` (mp4, avi, webm, ...); None when neither exists."""
+    folder = Path(root, video_id)
+    if folder.is_dir():
+        frames = video_frames(folder, max_frames)
+        return {"frames": frames} if frames else None
+    path = find_video_file(root, video_id)
+    return {"video": str(path)} if path is not None else None
+
+
 def _video_items(annotations: Any, path) -> Iterable[dict]:
     if isinstance(annotations, dict):  # {video_id: [caption, ...]} or {video_id: caption}
         for vid, caps in annotations.items():
@@ -392,8 +403,10 @@ def _video_items(annotations: Any, path) -> Iterable[dict]:
 
 def read_video_captions(frames_root: str | os.PathLike, annotations_path: str | os.PathLike,
                         max_frames: int | None = None) -> list[EvalRecord]:
-    """Video captioning: frames in ``frames_root/<video_id>/``; annotations either ``{video_id: [captions]}``
-    or a list of ``{"video_id", "caption"}`` rows (several rows per video allowed)."""
+    """Video captioning: frames in ``frames_root/<video_id>/`` or a video file ``frames_root/<video_id>[.mp4]``
+    (``max_frames`` subsamples a frame folder here; a file is decoded at 1 FPS when used, capped at the model's
+    ``max_frames``); annotations either ``{video_id: [captions]}`` or a list of ``{"video_id", "caption"}`` rows
+    (several rows per video allowed)."""
     captions: dict[str, list[str]] = {}
     skipped = 0
     for item in _video_items(_load_json(annotations_path), annotations_path):
