@@ -5,7 +5,8 @@
         --task coco --data dataset_coco.json --image-root coco/ --split test --pool-split train --shots 0 4
 
 Writes ``<out>/<task>.json`` (config, per-sample predictions, metrics per shot count and trial) and
-``<out>/<task>.png`` (score against shots), and prints a summary table.
+``<out>/<task>.png`` (score against shots), and prints a summary table. The default ``<out>`` is named by the model
+(:func:`default_out_dir`), so evaluating a second model never overwrites the first one's results.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqa-normalization", choices=VQA_NORMALIZATIONS, default="official",
                    help="VQA accuracy: normalise answers only when the annotators disagree, as the official VQA "
                         "evaluation does (official), or always, as OpenFlamingo's published numbers (openflamingo)")
-    p.add_argument("--out", help="output folder (default: runs/eval/<task>)")
+    p.add_argument("--out", help="output folder (default: runs/eval/<model>/<task>, <model> named after the --model "
+                                 "folder, or untrained-<lm>-<vision> without --model)")
     p.add_argument("--no-progress", action="store_true")
     add_device_arguments(p)
     return parser
@@ -110,12 +112,32 @@ def load_task_data(spec: TaskSpec, args: argparse.Namespace) -> Any:
     return TaskData(queries=queries, pool=pool, class_names=class_names)
 
 
+def default_out_dir(model: str | None, lm: str, vision: str, task: str) -> Path:
+    """``runs/eval/<model>/<task>``: ``<model>`` is the --model folder's path (relative to the current folder when
+    inside it, a leading ``runs/`` dropped) with its separators as ``-``, e.g. ``demo-flamingo-checkpoints-step-200``;
+    without --model, ``untrained-<lm>-<vision>``."""
+    import re
+
+    if model:
+        path = Path(model).resolve()
+        try:
+            parts = path.relative_to(Path.cwd().resolve()).parts
+        except ValueError:
+            parts = path.parts[1:]
+        if parts[:1] == ("runs",) and len(parts) > 1:
+            parts = parts[1:]
+        name = "-".join(parts)
+    else:
+        name = f"untrained-{lm}-{vision}"
+    return Path("runs") / "eval" / (re.sub(r"[^A-Za-z0-9._]+", "-", name).strip("-.") or "model") / task
+
+
 def run(args: argparse.Namespace) -> int:
     from frozenvl.eval.harness import EvalConfig, evaluate, format_summary
 
     spec = dataclasses.replace(get_task(args.task), vqa_normalization=args.vqa_normalization)
     device_and_dtype(args)  # an unusable --device fails before any data is read
-    out_dir = Path(args.out or Path("runs") / "eval" / spec.name)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.model, args.lm, args.vision, spec.name)
     check_writable(out_dir, folder=True, what="--out")  # before the evaluation, not after it
     for path in args.data:
         if not os.path.exists(path):
