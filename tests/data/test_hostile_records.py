@@ -122,3 +122,36 @@ def test_media_markers_in_annotation_text_are_skipped_or_escaped(tmp_path):
     with pytest.warns(UserWarning, match="q.json: skipped 1 questions"):
         records = R.read_vqav2(write(tmp_path / "q.json", qs))
     assert [r.question for r in records] == [f"What is {ESCAPED_END_OF_CHUNK}?"]
+
+
+def test_huge_captions_in_caption_inputs_are_skipped_unread(tmp_path):
+    import io
+    import tarfile
+    import tracemalloc
+
+    from frozenvl.data.shards import MAX_TEXT_MEMBER_BYTES, capped_lines
+
+    huge = "w " * (16 * MAX_TEXT_MEMBER_BYTES)  # 32 MiB of caption
+    path = tmp_path / "caps.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [{"key": "a", "caption": "A cat."}, {"key": "b", "caption": huge},
+                                                     {"key": "c", "caption": "A dog."}]))
+    shard = tmp_path / "caps.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key, text in (("a", "A cat."), ("b", huge), ("c", "A dog.")):
+            info = tarfile.TarInfo(f"{key}.txt")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+    for source in (path, shard):
+        skips = SkipCounter()
+        tracemalloc.start()
+        try:
+            got = list(iter_captions([source], skips))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert got == [("a", "A cat."), ("c", "A dog.")]
+        assert skips.as_dict() == {"member_too_large": 1}
+        assert peak < 24 * MAX_TEXT_MEMBER_BYTES  # never the 32 MiB line (read past in 4 MiB chunks)
+    # A line of exactly the cap (its newline beyond it) is kept; one byte more is not.
+    lines = list(capped_lines(io.BytesIO(b"x" * 8 + b"\n" + b"y" * 9 + b"\nz"), cap=8))
+    assert lines == [(1, b"x" * 8 + b"\n"), (2, None), (3, b"z")]

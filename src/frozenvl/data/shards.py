@@ -22,6 +22,7 @@ import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from frozenvl.data.skips import SkipCounter
 
@@ -206,6 +207,23 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 MAX_MEMBER_BYTES = 64 << 20
 MAX_TEXT_MEMBER_BYTES = 1 << 20
 TEXT_MEMBER_EXTS = frozenset({"txt", "json", "jsonl", "cls", "text", "caption", "md"})
+
+
+def capped_lines(stream: BinaryIO, cap: int = MAX_TEXT_MEMBER_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) of a binary stream, reading at most ``cap`` bytes of a line at a time: a longer line is
+    (number, None) and the rest of it is read past in chunks, never held whole (a 400 MB JSONL caption)."""
+    number = 0
+    while True:
+        line = stream.readline(cap + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) <= cap or line.endswith(b"\n") and len(line) == cap + 1:
+            yield number, line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the over-long line
+            line = stream.readline(1 << 20)
+        yield number, None
 
 
 def member_cap(ext: str, max_member_bytes: int = MAX_MEMBER_BYTES,

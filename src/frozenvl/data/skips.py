@@ -20,7 +20,7 @@ SKIP_REASONS: dict[str, str] = {
     "unreadable_shard": "the shard is not a readable tar archive",
     "truncated_shard": "the shard ends in the middle of a member; samples before the cut were kept",
     "bad_member": "a tar member has no key/extension or could not be read",
-    "member_too_large": "a tar member declares more bytes than the reader's cap; its sample is skipped unread",
+    "member_too_large": "a tar member (or a JSONL line) is larger than the reader's cap; its sample is skipped unread",
     "duplicate_key": "a sample key (or one of its members) appears again in a shard or source; the first is kept",
     "bad_json": "the json member is not valid UTF-8 JSON object",
     "missing_field": "a required field or member is absent",

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from frozenvl.data.shards import read_shard
+from frozenvl.data.shards import MAX_TEXT_MEMBER_BYTES, capped_lines, read_shard
 from frozenvl.data.skips import BadSample, SkipCounter
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,10 @@ def iter_jsonl_captions(path: str | os.PathLike, skips: SkipCounter | None = Non
     """(key, caption) from a JSONL file with one {"key": ..., "caption": ...} object per line."""
     skips = skips if skips is not None else SkipCounter()
     with open(path, "rb") as f:  # decoded line by line: a line that is not UTF-8 is one bad line
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in capped_lines(f):  # a line over 1 MiB is skipped unread, as a caption member of a shard
+            if line is None:
+                skips.add("member_too_large", f"{path} line {line_no}: longer than {MAX_TEXT_MEMBER_BYTES} bytes")
+                continue
             if not line.strip():
                 continue
             try:
