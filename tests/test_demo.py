@@ -23,6 +23,11 @@ def test_quick_demo_end_to_end_and_rerun_reuses(tmp_path, capsys):
     assert len(results["held_out_loss"]) >= 2 and set(results["fewshot"]) == {"synth_icl_words", "synth_captioning"}
     reliance = results["image_reliance"]
     assert reliance["samples"] >= 2 and reliance["gain"] == reliance["shuffled"] - reliance["right"]
+    assert reliance["gain_ci95"] is not None
+    for summary in results["fewshot"].values():  # every cell: mean, n (queries per draw) and a 95 % interval
+        for cell in summary.values():
+            assert {"mean", "n", "ci95"} <= set(cell["score"]) and cell["score"]["n"] >= 1
+    assert "Threads: " in report and results["threads"]
     capsys.readouterr()
     # A second run reuses every stage instead of recomputing.
     assert main(["demo", "--quick", "--out", str(out)]) == 0

@@ -43,13 +43,15 @@ class DemoPlan:
     shots: tuple[int, ...]
     flame_captions: int
     flame_steps: int
+    reliance_pairs: int = 200  # held-out pairs of the image-reliance check
 
 
 FULL = DemoPlan(n_pairs=3000, n_interleaved=600, n_video=300, n_eval=200, n_episodes=40, flamingo_steps=200,
                 pairs_batch=16, eval_every=50, icl_queries=24, caption_queries=8, shots=(0, 4, 8),
-                flame_captions=1000, flame_steps=200)
+                flame_captions=1000, flame_steps=200, reliance_pairs=200)
 QUICK = DemoPlan(n_pairs=300, n_interleaved=60, n_video=30, n_eval=40, n_episodes=6, flamingo_steps=6, pairs_batch=4,
-                 eval_every=3, icl_queries=4, caption_queries=2, shots=(0, 4), flame_captions=60, flame_steps=10)
+                 eval_every=3, icl_queries=4, caption_queries=2, shots=(0, 4), flame_captions=60, flame_steps=10,
+                  reliance_pairs=8)
 
 
 def _say(message: str) -> None:
@@ -168,9 +170,10 @@ def stage_fewshot(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]]
     return summaries
 
 
-def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], n: int = 32
-                         ) -> dict[str, float]:
-    """Held-out pair loss with the right images vs rolled (wrong) ones: does the trained Flamingo look?"""
+def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], n: int = 200,
+                         batch_size: int = 16) -> dict[str, float]:
+    """Held-out pair loss with the right images vs rolled (wrong) ones over ``n`` held-out pairs (in batches, images
+    rolled within each), with a 95 % interval of the gain: does the trained Flamingo look?"""
     from frozenvl.data import LoaderConfig, ShardDataset
     from frozenvl.eval.reliance import image_reliance
     from frozenvl.tasks import FlamingoCollator
@@ -182,11 +185,14 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
     model, processor = trained()
     held_out = _pair_shards(world)[0]
     samples = [s for _, s in zip(range(n), ShardDataset(held_out, LoaderConfig(shuffle_shards=False)))]
-    result = image_reliance(model, FlamingoCollator(processor)(samples)).as_dict()
+    collate = FlamingoCollator(processor)
+    batches = [collate(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)
+               if len(samples[i:i + batch_size]) >= 2]
+    result = image_reliance(model, batches).as_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     _say(f"[3/5] image reliance: held-out pair loss {result['right']:.3f} with the right images, "
-         f"{result['shuffled']:.3f} with wrong ones")
+         f"{result['shuffled']:.3f} with wrong ones ({result['samples']} pairs)")
     return result
 
 
@@ -241,14 +247,28 @@ def _training_curve(metrics: Path, png: Path) -> dict[str, Any]:
     return {"held_out_loss": held_out}
 
 
-def _score(summary: dict, shots: int) -> float | None:
+def _score(summary: dict, shots: int) -> dict[str, Any] | None:
+    """A summary cell of the headline score: {"mean", "n", "ci95", ...} (keys as int or, read back, as str)."""
     entry = summary.get(shots) or summary.get(str(shots)) or {}
-    score = entry.get("score")
-    return None if score is None else score["mean"]
+    return entry.get("score")
+
+
+def format_cell(cell: dict[str, Any] | None) -> str:
+    """``mean +- ci95 (n=N)``: the 95 % half-width and the queries per draw beside the mean."""
+    if cell is None:
+        return "-"
+    text = f"{cell['mean']:.1f}"
+    if cell.get("ci95") is not None:
+        text += f" ± {cell['ci95']:.1f}"
+    trials = len(cell.get("values") or [1])
+    if cell.get("n"):
+        text += f" (n={cell['n']}" + (f" x {trials} draws" if trials > 1 else "") + ")"
+    return text
 
 
 def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str, Any], flame: dict[str, Any],
-                 timings: dict[str, float], reliance: dict[str, float] | None = None) -> Path:
+                 timings: dict[str, float], reliance: dict[str, float] | None = None, threads: str | None = None
+                 ) -> Path:
     from frozenvl.train.loop import METRICS_NAME
 
     curve = _training_curve(checkpoint.parent.parent / METRICS_NAME, out / "training_curve.png")
@@ -282,10 +302,11 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
               "|---|" + "---|" * len(plan.shots)]
     for task, summary in fewshot.items():
         cells = [_score(summary, s) for s in plan.shots]
-        lines.append(f"| {task} | " + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
+        lines.append(f"| {task} | " + " | ".join(format_cell(c) for c in cells) + " |")
     lines += ["", "`synth_icl_words`: accuracy (%) of naming a shape or colour with a word whose meaning only the "
               "episode's demonstrations define (chance: 33.3); `synth_captioning`: CIDEr. 0 shots = two text-only "
-              "demonstrations.", ""]
+              "demonstrations. Each cell: mean ± the half-width of a 95 % interval (Wilson for accuracy, bootstrap "
+              "for CIDEr; per-query scores of every draw pooled), n = queries per draw.", ""]
     lines += [f"![{task}](fewshot/{task}.png)" for task in fewshot] + [""]
     if reliance is not None:
         verdict = ("the images lower the loss" if reliance["gain"] > 0.01 else
@@ -294,26 +315,35 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
         lines += ["## Does it look at the images?", "",
                   f"Held-out pair loss over {reliance['samples']} samples: {reliance['right']:.3f} with the right "
                   f"images, {reliance['shuffled']:.3f} with each text given another sample's image, "
-                  f"{reliance['zero']:.3f} with blank images (gain {reliance['gain']:.4f} nats/token): {verdict}.", ""]
+                  f"{reliance['zero']:.3f} with blank images (gain {reliance['gain']:.4f}"
+                  + (f" ± {reliance['gain_ci95']:.4f}, 95 % bootstrap interval" if reliance.get("gain_ci95")
+                     is not None else "") + f" nats/token): {verdict}.", ""]
     lines += ["## FLAME vs CLIP baseline", "",
               "The same ViT image tower trained from scratch against FLAME's frozen-SmolLM2 facet embeddings (computed "
               "once, offline) and, as the baseline, CLIP-style against a small text transformer trained from scratch; "
               "equal data and steps.", "", "```", flame["table"], "```", "", flame["headline"], ""]
-    lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
+    lines += ["## Time", ""]
+    if threads:
+        lines += [f"Threads: {threads}.", ""]
+    lines += ["| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines))
     write_text_atomic(out / "results.json", json.dumps({
         "plan": asdict(plan), "checkpoint": str(checkpoint), "held_out_loss": held,
-        "fewshot": fewshot, "image_reliance": reliance, "flame": flame, "seconds": timings,
+        "fewshot": fewshot, "image_reliance": reliance, "flame": flame, "seconds": timings, "threads": threads,
     }, indent=2, default=str) + "\n")
     return report
 
 
 def run_demo(out: Path, quick: bool = False) -> Path:
+    from frozenvl.cli.threads import apply_thread_policy
+
     plan = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    threads = apply_thread_policy().describe()  # the cores actually free (frozenvl.cli.threads)
+    _say(f"threads: {threads}")
 
     def timed(name, fn, *args):
         t0 = time.perf_counter()
@@ -332,21 +362,43 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         return model.eval(), processor
 
     fewshot = timed("few-shot evaluation", stage_fewshot, out, world, trained, plan)
-    reliance = timed("image reliance", stage_image_reliance, out, world, trained)
+    reliance = timed("image reliance", stage_image_reliance, out, world, trained, plan.reliance_pairs)
     trained.cache_clear()  # free it before FLAME
     flame = timed("FLAME", stage_flame, out, plan)
-    report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance)
+    report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance, threads)
     _say(f"[5/5] report: {report}  (total {sum(timings.values()) / 60:.1f} min)")
     return report
 
 
+def describe_demo(plan: DemoPlan = FULL) -> str:
+    """``demo --help``: what the demo does, from the plan it runs (so the text follows the plan)."""
+    shots = "/".join(str(s) for s in plan.shots)
+    return (
+        "The main job, offline on the CPU, in five stages (each reused when its output exists):\n"
+        f"  1. world/      the synthetic world: {plan.n_pairs} image-text pairs, {plan.n_interleaved} interleaved "
+        f"pages, {plan.n_video} videos\n"
+        "  2. flamingo/   a Flamingo on frozen SmolLM2-135M + frozen EfficientNet-Lite0 (Perceiver Resampler, gated\n"
+        f"                 cross-attention every 4th layer), {plan.flamingo_steps} steps of {plan.pairs_batch} pairs + "
+        "1 page + 1 video,\n"
+        "                 the frozen encoder's features cached (model.feature_cache), fp32\n"
+        f"  3. fewshot/   synth_icl_words ({plan.icl_queries} queries) and synth_captioning "
+        f"({plan.caption_queries}) at {shots} shots;\n"
+        f"                 image reliance on {plan.reliance_pairs} held-out pairs (right vs another's vs blank "
+        "images)\n"
+        f"  4. flame/     FLAME vs its CLIP baseline, {plan.flame_captions} captions, {plan.flame_steps} steps each\n"
+        "  5. report.md  plots and tables (each figure with n and a 95 % interval) and results.json\n"
+        "Torch threads: the cores actually free (frozenvl.cli.threads; FROZENVL_THREADS to set them), printed in "
+        "the report.")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the main job on the embedded default (no internet, no GPU)",
-                          description="The main job, offline on CPU: the synthetic world, a Flamingo on frozen "
-                                      "SmolLM2-135M + EfficientNet-Lite0 trained and evaluated few-shot, FLAME vs "
-                                      "its CLIP baseline, and a report with plots.")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a shorter run")
+                          description=describe_demo(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); a re-run reuses the "
+                                                         "stages already there")
+    demo.add_argument("--quick", action="store_true",
+                      help=f"a smoke test of every stage ({QUICK.flamingo_steps} training steps, "
+                           f"{QUICK.icl_queries} + {QUICK.caption_queries} few-shot queries): minutes, not results")
     demo.set_defaults(func=_run)
 
 

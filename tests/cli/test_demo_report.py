@@ -1,0 +1,48 @@
+"""The demo's help and report without running it: `demo --help` follows the plan it runs, and the report and
+results.json carry n, 95 % intervals and the threads used."""
+
+import json
+
+import pytest
+
+from frozenvl.cli import demo
+from frozenvl.cli.main import main
+
+
+def test_help_describes_the_demo_that_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    plan = demo.FULL
+    for fact in (f"{plan.flamingo_steps} steps of {plan.pairs_batch} pairs", f"{plan.n_pairs} image-text pairs",
+                 f"synth_icl_words ({plan.icl_queries} queries)", f"{plan.reliance_pairs} held-out pairs",
+                 f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training"):
+        assert fact in " ".join(text.split()), fact
+
+
+def _summary(mean, n, ci):
+    return {4: {"score": {"mean": mean, "std": 0.0, "values": [mean], "trials": [0], "n": n, "ci95": ci,
+                          "ci95_method": "wilson"}}}
+
+
+def test_report_and_results_carry_n_intervals_and_threads(tmp_path):
+    run = tmp_path / "flamingo"
+    checkpoint = run / "checkpoints" / "step-00000006"
+    checkpoint.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/loss": 6.5}) + "\n"
+                                       + json.dumps({"step": 6, "loss": 3.0, "loss/pairs": 3.0}) + "\n"
+                                       + json.dumps({"step": 6, "eval/loss": 3.2}) + "\n")
+    plan = demo.DemoPlan(**{**demo.QUICK.__dict__, "shots": (4,)})
+    fewshot = {"synth_icl_words": _summary(56.0, 200, 6.8), "synth_captioning": _summary(40.0, 50, None)}
+    reliance = {"right": 1.0, "shuffled": 1.3, "zero": 1.4, "samples": 200, "gain": 0.3, "gain_ci95": 0.04}
+    demo.write_report(tmp_path, plan, checkpoint, fewshot, {"table": "t", "headline": "h"}, {"world": 1.0},
+                      reliance, threads="1 torch thread(s) on 2 usable core(s): busy")
+    report = (tmp_path / "report.md").read_text()
+    assert "| synth_icl_words | 56.0 ± 6.8 (n=200) |" in report
+    assert "| synth_captioning | 40.0 (n=50) |" in report
+    assert "gain 0.3000 ± 0.0400" in report and "Threads: 1 torch thread(s) on 2 usable core(s)" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["fewshot"]["synth_icl_words"]["4"]["score"]["n"] == 200
+    assert results["fewshot"]["synth_icl_words"]["4"]["score"]["ci95"] == 6.8
+    assert {"right", "shuffled", "zero", "samples"} <= set(results["image_reliance"])
+    assert results["threads"].startswith("1 torch thread")
