@@ -3,6 +3,10 @@
     frozenvl eval flamingo --model runs/flamingo --task synth_icl_words --data data/world --shots 0 4 8
     frozenvl eval flamingo --lm embedded:smollm2-135m --vision embedded:efficientnet-lite0 \\
         --task coco --data dataset_coco.json --image-root coco/ --split test --pool-split train --shots 0 4
+    torchrun --nproc_per_node 2 --no-python frozenvl eval flamingo --model runs/flamingo --task coco ...
+
+Under torchrun the processes share the queries (each with its own prefix cache, on GPU LOCAL_RANK or the CPU) and
+rank 0 scores the gathered predictions and writes the results: the same as one process, faster.
 
 Writes ``<out>/<task>.json`` (config, per-sample predictions, metrics per shot count and trial) and
 ``<out>/<task>.png`` (score against shots), and prints a summary table. The default ``<out>`` is named by the model
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
+from frozenvl.distributed import Dist, setup, teardown, world_size_from_env
 from frozenvl.eval.metrics import VQA_NORMALIZATIONS
 from frozenvl.eval.tasks import TASKS, TaskSpec, get_task
 from frozenvl.files import check_writable
@@ -38,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help=f"one of: {', '.join(sorted(TASKS))}")
     p.add_argument("--data", required=True, nargs="+",
                    help="the task's files: a synthetic world folder; COCO/Karpathy JSON; VQAv2 questions "
-                        "[annotations]; a class folder root; a video annotation JSON (frames in --image-root)")
-    p.add_argument("--image-root", help="folder the images (or video frame folders) are found in")
+                        "[annotations]; a class folder root; a video annotation JSON (videos in --image-root)")
+    p.add_argument("--image-root", help="folder the images (or videos: files such as ID.mp4, or frame folders ID/) "
+                                        "are found in")
     p.add_argument("--split", help="Karpathy split of the queries (e.g. test)")
     p.add_argument("--pool", nargs="+", help="files of the demonstration pool (default: the queries' files, "
                                               "a query never being its own demonstration)")
@@ -91,7 +97,8 @@ def _read(spec: TaskSpec, paths: Sequence[str], image_root: str | None, split: s
         return readers.read_class_folder(paths[0], names)
     if spec.reader in ("video_captions", "video_qa"):
         if image_root is None:
-            raise ValueError(f"task {spec.name!r}: pass the video frame folders' root with --image-root")
+            raise ValueError(f"task {spec.name!r}: pass the folder of the videos (files or frame folders) with "
+                             "--image-root")
         reader = readers.read_video_captions if spec.reader == "video_captions" else readers.read_video_qa
         return reader(image_root, paths[0]), None
     raise ValueError(f"task {spec.name!r} has no reader for --data")
@@ -146,14 +153,35 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, prefix_cache=not args.no_prefix_cache,
                         save_prompts=args.save_prompts)
     data = load_task_data(spec, args)
-    model, processor = load_model(args)
-    output = evaluate(model, processor, spec, data, config, out_dir, progress=not args.no_progress)
+    group = join_process_group(args)
+    try:
+        model, processor = load_model(args)
+        output = evaluate(model, processor, spec, data, config, out_dir, progress=not args.no_progress,
+                          rank=group.rank, world_size=group.world_size)
+    finally:
+        teardown(group)
+    if not group.is_main:  # rank 0 scored every process's predictions and writes them
+        return 0
     output.results.config["model_source"] = args.model or {"lm": args.lm, "vision": args.vision}
     output.results.save(output.json_path)
     print(f"{spec.name} ({spec.metric}), {len(data.queries[: args.limit])} queries")
     print(format_summary(output.results))
     print(f"results: {output.json_path}\nplot: {output.plot_path}")
     return 0
+
+
+def join_process_group(args: argparse.Namespace) -> Dist:
+    """Under torchrun (WORLD_SIZE > 1): join its process group (gloo on the CPU, NCCL on GPUs) and run this process
+    on GPU LOCAL_RANK with ``--device cuda``; one process: a world of one, ``--device`` as given."""
+    if world_size_from_env() == 1:
+        return Dist()
+    device, _ = device_and_dtype(args)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: under torchrun the evaluation runs on cpu or cuda (each process on GPU "
+                         "LOCAL_RANK)")
+    group = setup(device.type, option="--device")
+    args.device = str(group.device)
+    return group
 
 
 def main(argv: list[str] | None = None) -> int:

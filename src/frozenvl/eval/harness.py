@@ -7,6 +7,11 @@ with 3 beams, 20 new tokens for captions and 5 for short answers, stop at ``<|en
 post-processed; close-ended tasks rank their candidates by length-normalised log-likelihood. "0-shot" is two
 text-only demonstrations. The task's metric scores each run; :class:`EvalResults` keeps the metrics and the
 per-sample predictions (with the demonstrations used).
+
+Several processes (torchrun; ``rank`` and ``world_size``): every process chooses the demonstrations of every query
+(they depend only on the seed, the trial and the query), takes the queries ``rank, rank + world_size, ...`` and
+encodes its own groups' prefixes; the predictions are gathered and rank 0 scores them, so the results are those of
+one process.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from frozenvl.config import Config, ConfigError
+from frozenvl.distributed import all_gather_object
 from frozenvl.eval.demonstrations import RandomDemos, Rices
 from frozenvl.eval.postprocess import postprocess
 from frozenvl.eval.prompts import Prompt, build_prompt, demos_for_shots
@@ -101,9 +107,15 @@ class VisionFeatures:
 
 
 class FewShotHarness:
-    """Runs a task for every shot count and trial of an :class:`EvalConfig`; see the module docstring."""
+    """Runs a task for every shot count and trial of an :class:`EvalConfig`; see the module docstring. ``rank`` of
+    ``world_size`` processes (torchrun's process group joined, e.g. ``frozenvl.distributed.setup``): this process
+    evaluates every ``world_size``-th query, and only rank 0 gets the metrics and predictions of a run."""
 
-    def __init__(self, model: Any, processor: Any, config: EvalConfig | None = None):
+    def __init__(self, model: Any, processor: Any, config: EvalConfig | None = None, *, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
         self.model = model.eval()
         self.processor = processor
         self.config = config or EvalConfig()
@@ -119,13 +131,14 @@ class FewShotHarness:
     # -------------------------------------------------------------------------------------------- a run
     def run_once(self, spec: TaskSpec, data: TaskData, shots: int, trial: int,
                  progress: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One (shots, trial): returns the task's metrics and the per-sample predictions."""
+        """One (shots, trial): returns the task's metrics and the per-sample predictions (of every process on rank
+        0; ``({}, [])`` on the other ranks)."""
         queries = data.queries[: self.config.limit]
         num, text_only = demos_for_shots(shots)
         demos = self.select_demos(data, queries, num, trial)
         groups: dict[tuple[str, ...], list[int]] = {}
-        for qi, ds in enumerate(demos):
-            groups.setdefault(tuple(d.key for d in ds), []).append(qi)
+        for qi in range(self.rank, len(queries), self.world_size):  # this process's share of the queries
+            groups.setdefault(tuple(d.key for d in demos[qi]), []).append(qi)
         predictions: dict[str, Any] = {}
         samples: dict[str, dict[str, Any]] = {}
         for query_indices in groups.values():
@@ -144,6 +157,12 @@ class FewShotHarness:
                 if self.config.save_prompts:
                     sample["prompt"] = prompt.text
                 samples[record.key] = sample
+        if self.world_size > 1:  # every process's predictions; rank 0 scores them
+            gathered = all_gather_object((predictions, samples))
+            if self.rank != 0:
+                return {}, []
+            predictions = {k: v for part, _ in gathered for k, v in part.items()}
+            samples = {k: v for _, part in gathered for k, v in part.items()}
         metrics = spec.score(queries, predictions, data.class_names)
         return metrics, [samples[q.key] for q in queries]
 
@@ -201,10 +220,10 @@ class FewShotHarness:
         if not data.queries:
             raise ValueError(f"task {spec.name!r}: no queries to evaluate")
         trials = 1 if self.config.rices else self.config.trials
-        queries = len(data.queries[: self.config.limit])
+        queries = len(range(self.rank, len(data.queries[: self.config.limit]), self.world_size))  # this process's
         results = EvalResults(spec.name, config=self.describe(spec, data))
         with tqdm(total=queries * trials * len(self.config.shots), desc=f"eval {spec.name}", unit="query",
-                  disable=not progress) as bar:
+                  disable=not progress or self.rank != 0) as bar:
             for shots in self.config.shots:
                 for trial in range(trials):
                     bar.set_postfix(shots=shots, trial=trial)
@@ -279,12 +298,14 @@ class EvalOutput:
 
 
 def evaluate(model: Any, processor: Any, spec: TaskSpec, data: TaskData, config: EvalConfig | None = None,
-             out_dir: str | os.PathLike | None = None, progress: bool = True) -> EvalOutput:
+             out_dir: str | os.PathLike | None = None, progress: bool = True, *, rank: int = 0,
+             world_size: int = 1) -> EvalOutput:
     """Run the harness; with ``out_dir``, write ``<task>.json`` (config, per-sample predictions, metrics per
-    shot count and trial) and ``<task>.png`` (the task's score against the number of shots)."""
-    results = FewShotHarness(model, processor, config).run(spec, data, progress)
+    shot count and trial) and ``<task>.png`` (the task's score against the number of shots). Under torchrun
+    (``rank`` of ``world_size``) the processes share the queries and rank 0 alone scores and writes."""
+    results = FewShotHarness(model, processor, config, rank=rank, world_size=world_size).run(spec, data, progress)
     output = EvalOutput(results=results, summary=results.summary())
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         out = Path(out_dir)
         output.json_path = results.save(out / f"{spec.name}.json")
         output.plot_path = plot_metric_vs_shots(results, out / f"{spec.name}.png", metric="score",

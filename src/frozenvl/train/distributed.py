@@ -1,62 +1,26 @@
-"""Process-group plumbing for torchrun: DDP or FSDP2 around the model, collectives the trainer needs.
+"""Process-group plumbing for torchrun: DDP or FSDP2 around the model, gradient sync.
 
-Kept out of the model classes (STYLE.md). One process (no torchrun) gives a :class:`Dist` with world size 1 and
-every helper becomes a no-op, so the same loop runs everywhere. CPU runs use gloo (tests run here), GPU runs NCCL.
+Kept out of the model classes (STYLE.md). Joining the process group and the collectives the evaluation needs too
+(:class:`Dist`, ``setup``, ``teardown``, ``all_reduce_sum``, ``all_gather_object``, ``barrier``) live in
+:mod:`frozenvl.distributed` and are re-exported here. One process (no torchrun): world size 1, every helper a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialised_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup(device: str = "auto") -> Dist:
-    """Join torchrun's process group if the environment names one (RANK/WORLD_SIZE), pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but this machine has no usable CUDA GPU (torch.cuda.is_available() is "
-                         "False): set train.device=cpu or auto")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    initialised_here = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-        initialised_here = True
-    return Dist(rank, world, local_rank, dev, initialised_here)
-
-
-def teardown(d: Dist) -> None:
-    if d.initialised_here and dist.is_initialized():
-        dist.destroy_process_group()
+from frozenvl.distributed import (  # noqa: F401  (the engine's names for them)
+    Dist,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    setup,
+    teardown,
+)
 
 
 def wrap(model: nn.Module, d: Dist, mode: str, shard_units: list[nn.Module] = ()) -> nn.Module:
@@ -101,23 +65,3 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
             model.set_requires_gradient_sync(True)
         return
     yield
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
-def all_gather_object(obj: Any) -> list[Any]:
-    if not dist.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
