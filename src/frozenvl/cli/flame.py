@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import string
 import sys
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def _run_eval(args) -> dict:
     device, dtype = device_and_dtype(args)  # an unusable --device fails before anything is read
     if args.out:
         check_writable(args.out, what="--out")  # before any work, not after it
+    if args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    templates = _read_templates(args.templates) if args.templates else None  # checked before the models load
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
         model = FlameModel.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
@@ -172,9 +176,6 @@ def _run_eval(args) -> dict:
         raise ValueError(f"the LM's hidden size {encoder.hidden_size} does not match the checkpoint's text_dim "
                          f"{model.config.text_dim}: pass the --lm the model was trained with")
     check_text_encoder(text_meta, encoder)  # the LM (its weights) and the layer the tower was trained with
-    templates = None
-    if args.templates:
-        templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
     extra = {}
     if args.format == "world":
         data = _world_data(args, args.task, model.config.vision.image_size)
@@ -203,6 +204,31 @@ def _run_eval(args) -> dict:
             dataset = ev.load_karpathy(args.data, args.image_root, args.split or "test")
         results = ev.evaluate_retrieval(model, encoder, dataset, args.aggregate, args.batch_size)
     return {**results, **extra, "checkpoint": str(checkpoint), "format": args.format, "text": encoder.describe()}
+
+
+def _read_templates(path: str) -> list[str]:
+    """Class-name templates, one per line, each with exactly one ``{}`` (literal braces doubled): a template
+    without it would give every class the same prompt, one with two fails at formatting. One error names the
+    file and line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--templates {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    templates = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(line) if name is not None]
+        except ValueError as e:  # a single { or }
+            fields = [f"invalid ({e})"]
+        if fields != [""]:
+            raise ValueError(f"--templates {path}:{number}: {line!r} must hold exactly one '{{}}' for the class "
+                             f"name (literal braces doubled), found {len(fields)} fields")
+        templates.append(line)
+    if not templates:
+        raise ValueError(f"--templates {path} holds no template")
+    return templates
 
 
 def main(argv: list[str] | None = None) -> int:

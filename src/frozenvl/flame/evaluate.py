@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,20 +79,69 @@ def classification_metrics(logits: torch.Tensor, labels: Sequence[int], ks: Sequ
 
 
 def _read_json(path: str | os.PathLike):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON in ``path``; a file that is not UTF-8, not JSON or nested too deeply is one ValueError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to read") from None
+
+
+# What reading one malformed entry raises (a missing key, a number where a text goes, an entry that is not an
+# object): the entry is skipped, and one warning names the file and the count.
+_ENTRY_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+
+def _warn_skipped(path: str | os.PathLike, skipped: int) -> None:
+    if skipped:
+        warnings.warn(f"{path}: skipped {skipped} entries with missing, empty or malformed fields", stacklevel=3)
+
+
+def _karpathy_entry(e: dict, split: str) -> tuple[str, list[str]] | None:
+    """(image path, captions) of one Karpathy image entry in ``split``; None for other splits."""
+    if e.get("split", split) != split:
+        return None
+    caps = [s["raw"].strip() for s in e["sentences"]]
+    if not e["filename"] or not all(isinstance(c, str) and c for c in caps) or not caps:
+        raise ValueError("empty filename or caption")
+    return str(Path(e.get("filepath", "")) / e["filename"]), caps
 
 
 def load_karpathy(path: str | os.PathLike, image_root: str | os.PathLike = "", split: str = "test") -> RetrievalSet:
     data, root = _read_json(path), Path(image_root)
     images, captions, owner = [], [], []
-    if isinstance(data, dict) and "images" in data:
-        entries = [(str(Path(e.get("filepath", "")) / e["filename"]), [s["raw"] for s in e["sentences"]])
-                   for e in data["images"] if e.get("split", split) == split]
+    entries, skipped = [], 0
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        for e in data["images"]:
+            try:
+                entry = _karpathy_entry(e, split)
+            except _ENTRY_ERRORS:
+                skipped += 1
+                continue
+            if entry is not None:
+                entries.append(entry)
+        if not entries:
+            splits = sorted({str(e.get("split")) for e in data["images"] if isinstance(e, dict)})
+            raise ValueError(f"{path}: no usable images in split {split!r} (splits in the file: "
+                             f"{', '.join(splits) or 'none'})")
     elif isinstance(data, list):
-        entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+        for e in data:
+            try:
+                caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+                if not isinstance(e["image"], str) or not caps or not all(isinstance(c, str) for c in caps):
+                    raise ValueError("not an image path and captions")
+                entries.append((e["image"], caps))
+            except _ENTRY_ERRORS:
+                skipped += 1
+        if not entries:
+            raise ValueError(f"{path}: no usable {{image, caption}} entries")
     else:
         raise ValueError(f"{path}: expected a Karpathy split file or a list of {{image, caption}}")
+    _warn_skipped(path, skipped)
     for image, caps in entries:
         owner.extend([len(images)] * len(caps))
         captions.extend(caps)
@@ -114,10 +164,17 @@ def load_urban1k(root: str | os.PathLike) -> RetrievalSet:
 
 
 def load_sharegpt4v(path: str | os.PathLike, image_root: str | os.PathLike = "", limit: int = 1000) -> RetrievalSet:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     data, root = _read_json(path), Path(image_root)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of ShareGPT4V entries")
     images, captions = [], []
     for entry in data[:limit]:
-        answers = [t["value"] for t in entry.get("conversations", []) if t.get("from") == "gpt"]
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise ValueError(f"{path}: entry {len(images)} is not an object with an 'image' path")
+        answers = [t["value"] for t in entry.get("conversations") or []
+                   if isinstance(t, dict) and t.get("from") == "gpt" and isinstance(t.get("value"), str)]
         if not answers:
             raise ValueError(f"{path}: entry {entry.get('id', len(images))} has no 'gpt' caption")
         images.append(str(root / entry["image"]))
@@ -152,7 +209,7 @@ def load_images(paths: Sequence[str], image_size: int) -> torch.Tensor:
         try:
             with Image.open(p) as im:
                 out.append(transform(im))
-        except OSError as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # bombs: PIL's pixel limit
             raise OSError(f"cannot read image {p}: {e}") from e
     return torch.stack(out)
 
