@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="store folder (created, or extended if compatible)")
     _add_text_args(embed, "long")
     add_device_arguments(embed, "the LM")
-    embed.add_argument("--mode", choices=("fda", "prefix_cache", "naive"), default="fda",
-                       help="fda: one pass with the facet-decoupled mask (default); prefix_cache: shared prefix "
-                            "KV cache; naive: one pass per prompt")
+    embed.add_argument("--mode", choices=("fda", "packed", "prefix_cache", "naive"), default="fda",
+                       help="fda: one pass with the facet-decoupled mask (default); packed: fda with several "
+                            "captions per row, no padding between them (captions of mixed lengths); prefix_cache: "
+                            "shared prefix KV cache; naive: one pass per prompt")
     embed.add_argument("--commit-every", "--shard-size", dest="commit_every", type=int, default=256,
                        help="commit a shard every N new captions, so a killed run loses at most N and a rerun "
                             "resumes after the last commit (default 256; --shard-size is the older name)")

@@ -33,10 +33,11 @@ OFFICIAL_BACKENDS = ("sdpa", "eager")
 
 @dataclass
 class PackedFacets:
-    input_ids: torch.Tensor  # (B, L) long
-    position_ids: torch.Tensor  # (B, L) long
-    attention_mask: torch.Tensor  # (B, 1, L, L) float, additive
-    last_index: torch.Tensor  # (B, K) long: column of the last token of each prompt
+    input_ids: torch.Tensor  # (R, L) long; R = B rows, or fewer when several captions share a row (packed)
+    position_ids: torch.Tensor  # (R, L) long
+    attention_mask: torch.Tensor  # (R, 1, L, L) float, additive
+    last_index: torch.Tensor  # (B, K) long: column of the last token of each prompt of caption b
+    row: torch.Tensor | None = None  # (B,) long: the row of caption b (None: row b)
 
 
 def segment_ids(prefix_lengths: list[int], segment_lengths: list[int], length: int, left_pad: bool) -> torch.Tensor:
@@ -47,7 +48,8 @@ def segment_ids(prefix_lengths: list[int], segment_lengths: list[int], length: i
     return pad_sequences(rows, PAD_SEGMENT, "left" if left_pad else "right", length)[0]
 
 
-def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, official: str | None = None) -> torch.Tensor:
+def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, official: str | None = None,
+                         documents: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L) segment ids -> (B, 1, L, L) additive float mask (see the module docstring for the rules).
 
     ``official`` reproduces the mask of the official FLAME code (``OFFICIAL_BACKENDS``): real queries attend
@@ -57,6 +59,9 @@ def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, official: s
     (``AttentionMaskConverter._unmask_unattended``), so a padding query attends to every key of its row by score;
     ``"eager"`` (eager attention, or SDPA on CPU) keeps it, so a padding query attends evenly to every key. The
     padding rows matter because real tokens attend to them in the next layers.
+
+    ``documents`` (B, L) long, for rows that pack several captions: a query attends only to keys of its own
+    caption (its document id); padding has id -1.
     """
     if official is not None and official not in OFFICIAL_BACKENDS:
         raise ValueError(f"official must be one of {OFFICIAL_BACKENDS} or None, got {official!r}")
@@ -66,6 +71,10 @@ def facet_attention_mask(segments: torch.Tensor, dtype: torch.dtype, official: s
     q_pad = q_seg == PAD_SEGMENT  # (B, L, 1)
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()  # (L, L)
     same_or_prefix = (k_seg == PREFIX_SEGMENT) | (k_seg == q_seg)  # (B, L, L)
+    if documents is not None:
+        if official is not None:
+            raise ValueError("packed rows (documents) have no official layout")
+        same_or_prefix = same_or_prefix & (documents[:, :, None] == documents[:, None, :])
     if official is None:
         allowed = causal & same_or_prefix & (k_seg != PAD_SEGMENT) & ~q_pad
         # A padding query sees only itself, so no row is fully masked (its output is never read).
@@ -115,6 +124,69 @@ def pack_facets(
         position_ids = torch.arange(length).expand(batch, length).clone()
     mask = facet_attention_mask(seg, dtype, official)
     return PackedFacets(input_ids, position_ids, mask, last_index)
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: item indices grouped into rows of at most ``capacity`` tokens (an item longer than
+    ``capacity`` gets a row of its own). Deterministic: ties keep the input order."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+def pack_facets_dense(
+    prefixes: list[list[int]],
+    segments: list[list[int]],
+    pad_id: int,
+    dtype: torch.dtype,
+    capacity: int | None = None,
+) -> PackedFacets:
+    """Pack B captions, each ``[prefix | segment 1 | ... | segment K]``, several to a row, without padding between
+    them: rows of at most ``capacity`` tokens (default, and at least: the longest caption's, so no row is longer
+    than in a padded batch), filled first-fit by decreasing length, right-padded to the longest row. The mask
+    keeps each caption to itself (a document id per caption) with the facet rules inside it, and positions
+    restart for every caption as in :func:`pack_facets`, so every facet equals the one computed alone. Fewer
+    padded tokens than a padded batch when lengths differ; attention runs over whole rows (a dense mask).
+    """
+    seg_lengths = [len(s) for s in segments]
+    tail = [t for s in segments for t in s]
+    lengths = [len(p) + len(tail) for p in prefixes]
+    capacity = max(capacity or 0, max(lengths))
+    groups = pack_rows(lengths, capacity)
+    seg_labels = torch.repeat_interleave(torch.arange(1, len(segments) + 1), torch.tensor(seg_lengths))  # (S,)
+    seg_pos = torch.cat([torch.arange(n) for n in seg_lengths])  # (S,)
+    seg_ends = torch.tensor(seg_lengths).cumsum(0) - 1  # (K,)
+    length = max(sum(lengths[i] for i in g) for g in groups)
+    n_rows = len(groups)
+    input_ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, length), dtype=torch.long)
+    seg = torch.full((n_rows, length), PAD_SEGMENT, dtype=torch.long)
+    docs = torch.full((n_rows, length), -1, dtype=torch.long)
+    last_index = torch.zeros((len(prefixes), len(segments)), dtype=torch.long)
+    row = torch.zeros(len(prefixes), dtype=torch.long)
+    for r, group in enumerate(groups):
+        start = 0
+        for i in group:
+            p = len(prefixes[i])
+            span = slice(start, start + lengths[i])
+            input_ids[r, span] = torch.tensor(prefixes[i] + tail, dtype=torch.long)
+            position_ids[r, span] = torch.cat([torch.arange(p), p + seg_pos])
+            seg[r, span] = torch.cat([torch.full((p,), PREFIX_SEGMENT, dtype=torch.long), seg_labels])
+            docs[r, span] = i
+            last_index[i] = start + p + seg_ends
+            row[i] = r
+            start += lengths[i]
+    mask = facet_attention_mask(seg, dtype, documents=docs)
+    return PackedFacets(input_ids, position_ids, mask, last_index, row)
 
 
 def prefix_cache_masks(

@@ -6,9 +6,11 @@ the model's final norm applied. The default is ``layer = n - 1``: the output of 
 never passes through the final norm. This is what the official code reads ("layer 39" of the 40-block
 Mistral-Nemo, a hook on block index 38).
 
-Three modes compute the same embeddings (fp32, relative error <= 1e-5):
+Four modes compute the same embeddings (fp32, relative error <= 1e-5):
 
 - ``"fda"``: one pass over prefix + all K segments with the facet-decoupled mask (``facet_mask.py``);
+- ``"packed"``: FDA with several captions per row and no padding between them (``pack_facets_dense``; rows of
+  at most ``pack_tokens`` tokens), for batches of captions of different lengths;
 - ``"prefix_cache"``: the prefix once, its KV cache repeated K times, then all segments in one pass;
 - ``"naive"``: one pass per prompt (the reference), each row prefix + one segment with a 2D padding mask.
 
@@ -26,12 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from frozenvl.flame.facet_mask import OFFICIAL_BACKENDS, pack_facets, prefix_cache_masks
+from frozenvl.flame.facet_mask import OFFICIAL_BACKENDS, pack_facets, pack_facets_dense, prefix_cache_masks
 from frozenvl.flame.prompts import PromptSet, clean_caption, load_prompt_set
 from frozenvl.tensors import pad_sequences
 
 DEFAULT_LM = "embedded:smollm2-135m"
-MODES = ("fda", "prefix_cache", "naive")
+MODES = ("fda", "packed", "prefix_cache", "naive")
 
 
 @dataclass
@@ -84,6 +86,7 @@ class FacetTextEncoder:
         padding_side: str | None = None,
         official_compat: bool | str = False,
         source: str = "<instance>",
+        pack_tokens: int | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -104,6 +107,7 @@ class FacetTextEncoder:
         if not 1 <= self.layer <= self.num_layers:
             raise ValueError(f"layer must be in 1..{self.num_layers} (hidden_states index), got {self.layer}")
         self.mode = mode
+        self.pack_tokens = pack_tokens  # "packed" mode: tokens per row (default and minimum: the longest caption's)
         self.padding_side = padding_side
         self.official_compat: str | bool = official or False  # "sdpa" | "eager" | False (recorded in stores)
         self.source = source
@@ -171,7 +175,8 @@ class FacetTextEncoder:
         prefixes = [self.tokenize(c, clean).prefix for c in captions]
         if not prefixes:
             return torch.zeros(0, self.num_facets, self.hidden_size)
-        run = {"fda": self._encode_fda, "prefix_cache": self._encode_prefix_cache, "naive": self._encode_naive}
+        run = {"fda": self._encode_fda, "packed": self._encode_packed, "prefix_cache": self._encode_prefix_cache,
+               "naive": self._encode_naive}
         return run[mode](prefixes).float().cpu()
 
     def _hidden(self, **inputs) -> tuple[torch.Tensor, object]:
@@ -186,6 +191,13 @@ class FacetTextEncoder:
                                  position_ids=packed.position_ids.to(self.device), use_cache=False)
         rows = torch.arange(len(prefixes), device=self.device)[:, None]  # (B, 1)
         return hidden[rows, packed.last_index.to(self.device)]  # (B, K, D)
+
+    def _encode_packed(self, prefixes: list[list[int]]) -> torch.Tensor:
+        packed = pack_facets_dense(prefixes, self._segments, self.pad_id, self.dtype, self.pack_tokens)
+        hidden, _ = self._hidden(input_ids=packed.input_ids.to(self.device),
+                                 attention_mask=packed.attention_mask.to(self.device),
+                                 position_ids=packed.position_ids.to(self.device), use_cache=False)
+        return hidden[packed.row.to(self.device)[:, None], packed.last_index.to(self.device)]  # (B, K, D)
 
     def _encode_prefix_cache(self, prefixes: list[list[int]]) -> torch.Tensor:
         batch, n_facets = len(prefixes), self.num_facets
