@@ -5,7 +5,7 @@ control), ALiBi (MPT: the bias grows with the key's index, so padding between pr
 distance) and sliding windows shorter than the prompt (Mistral on every layer, Gemma 2 on every other layer: a
 window over cache slots would hold padding instead of prefix tokens). Greedy tokens, the first step's logits
 (generate's ``output_scores``) and the few-shot scorer's batched generation are compared with the full prompts run
-one at a time.
+one at a time. Jamba's Mamba layers carry recurrent states, which have no token axis to pad.
 """
 
 import pytest
@@ -16,7 +16,7 @@ from frozenvl.flamingo import build
 from frozenvl.flamingo.generation import generate
 from frozenvl.testing import TINY_FLAMINGO, images, tiny_lm, tiny_tokenizer, tiny_vision
 
-FAMILIES = ["llama", "mpt", "mistral", "gemma2"]
+FAMILIES = ["llama", "mpt", "mistral", "gemma2", "jamba"]
 PREFIX = "<image>a cat on a mat.<|endofchunk|><image>two dogs.<|endofchunk|>"
 QUERIES = ["<image>a", "<image>the big red bus and", "<image>some"]  # 1, 19 and 4 text tokens
 
@@ -35,6 +35,9 @@ def _lm(family: str):
                   bos_token_id=0, eos_token_id=1)  # the window (6) is far shorter than the prompts (> 30)
     if family == "mistral":
         return tf.MistralForCausalLM(tf.MistralConfig(**common)).eval()
+    if family == "jamba":  # Mamba and attention layers: the cache mixes recurrent states and keys/values
+        return tf.JambaForCausalLM(tf.JambaConfig(**{**common, "sliding_window": None}, attn_layer_period=2,
+                                                  attn_layer_offset=1, num_experts=1)).eval()
     return tf.Gemma2ForCausalLM(tf.Gemma2Config(pad_token_id=None, **common)).eval()
 
 

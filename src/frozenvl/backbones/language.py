@@ -132,24 +132,51 @@ def load_causal_lm(
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Find the decoder block list of any causal LM, with no per-architecture table.
 
-    The decoder blocks are the ``nn.ModuleList`` with ``num_hidden_layers`` entries of one class (the largest
-    such list if the config is silent). Returns ``(path, list)``: the list's dotted name in ``model``, so that it
-    can be replaced by wrappers (``model.set_submodule``) and found again (``model.get_submodule``).
+    The decoder blocks are the ``nn.ModuleList`` with ``num_hidden_layers`` entries, of one class, or of several in
+    a hybrid stack whose list mixes layer kinds (Jamba's attention and Mamba layers); when the config is silent,
+    the largest list of one class. Returns ``(path, list)``: the list's dotted name in ``model``, so that it can be
+    replaced by wrappers (``model.set_submodule``) and found again (``model.get_submodule``).
     """
     config = getattr(model, "config", None)
     n_layers = None
     if config is not None:
         text = _text_config(config)
         n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    candidates = []
+    candidates = []  # (length matches the config, one class, parameters, path, list)
     for path, child in model.named_modules():
-        if isinstance(child, nn.ModuleList) and len(child) > 0 and len({type(m).__name__ for m in child}) == 1:
-            candidates.append((path, child))
+        if not isinstance(child, nn.ModuleList) or len(child) == 0:
+            continue
+        exact = n_layers is not None and len(child) == n_layers
+        one_class = len({type(m).__name__ for m in child}) == 1
+        if exact or one_class:  # a list of mixed classes only where its length says it is the stack
+            candidates.append((exact, one_class, sum(p.numel() for p in child.parameters()), path, child))
     if not candidates:
         raise ValueError(f"no decoder layer list found in {type(model).__name__}")
-    exact = [c for c in candidates if n_layers is not None and len(c[1]) == n_layers]
-    pool = exact or candidates
-    return max(pool, key=lambda c: sum(p.numel() for p in c[1].parameters()))
+    best = max(candidates, key=lambda c: c[:3])
+    return best[3], best[4]
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name under which the LM's ``forward`` takes its key/value cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name is deprecated and removed in 5.40); an
+    LM whose ``forward`` declares ``cache`` gets it under that name, one written for the old name (older releases,
+    remote code) under ``past_key_values``.
+    """
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters or "past_key_values" not in parameters else "past_key_values"
+
+
+def output_cache(output: object) -> object | None:
+    """The cache an LM call returned (``output.cache``, or ``past_key_values`` before transformers 5.24), or None
+    when it returned none (an LM that keeps its recurrent state inside its modules, such as RecurrentGemma)."""
+    for name in ("cache", "past_key_values"):
+        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -113,25 +113,41 @@ def left_pad_concat(caches: Sequence[FlamingoCache]) -> FlamingoCache:
 
 
 def _left_pad_concat_lm_caches(caches: Sequence[Any]) -> Any:
-    """The transformers caches' rows concatenated, each layer's keys/values left padded with zeros to the longest."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    """The transformers caches' rows concatenated: each layer's keys/values left padded with zeros to the longest,
+    and the states of linear-attention layers (Mamba's in Jamba) concatenated as they are (a state has no token
+    axis: a row encoded without padding has the state of its prompt alone)."""
+    from transformers import cache_utils as cu
 
+    key_value = (cu.DynamicLayer, cu.DynamicSlidingWindowLayer)
+    linear = tuple(getattr(cu, name) for name in ("LinearAttentionLayer", "LinearAttentionAndFullAttentionLayer",
+                                                  "LinearAttentionAndSlidingWindowAttentionLayer") if hasattr(cu, name))
     for cache in caches:
         layers = getattr(cache, "layers", None)
         if layers is None or getattr(cache, "offloading", False) or any(
-                type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+                type(layer) not in key_value + linear for layer in layers):
             kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(cache).__name__]
-            raise TypeError(f"queries of different lengths on a cached prefix need a dynamic key/value cache (full "
-                            f"or sliding-window layers); this LM's cache has {', '.join(kinds)}: give the queries "
-                            "one at a time or of one length")
+            raise TypeError(f"prompts of different lengths on a cached prefix need a dynamic cache (full, "
+                            f"sliding-window or linear-attention layers); this LM's cache has {', '.join(kinds)}: "
+                            "give the prompts one at a time or of one length")
     merged = copy.copy(caches[0])
     merged.layers = []
     for layers in zip(*(cache.layers for cache in caches)):
-        layer = copy.copy(layers[0])  # settings (window) kept; tensors replaced below
-        slots = max(one.keys.shape[-2] for one in layers)
-        layer.keys = torch.cat([F.pad(one.keys, (0, 0, slots - one.keys.shape[-2], 0)) for one in layers])
-        layer.values = torch.cat([F.pad(one.values, (0, 0, slots - one.values.shape[-2], 0)) for one in layers])
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            layer.cumulative_length = max(one.cumulative_length for one in layers)
+        layer = copy.copy(layers[0])  # settings (window, kernel sizes) kept; tensors replaced below
+        if isinstance(layer, linear):
+            layer.conv_states = _concat_states(layers, "conv_states", "is_conv_states_initialized")
+            layer.recurrent_states = _concat_states(layers, "recurrent_states", "is_recurrent_states_initialized")
+        if isinstance(layer, cu.DynamicLayer):
+            slots = max(one.keys.shape[-2] for one in layers)
+            layer.keys = torch.cat([F.pad(one.keys, (0, 0, slots - one.keys.shape[-2], 0)) for one in layers])
+            layer.values = torch.cat([F.pad(one.values, (0, 0, slots - one.values.shape[-2], 0)) for one in layers])
+            if isinstance(layer, cu.DynamicSlidingWindowLayer):
+                layer.cumulative_length = max(one.cumulative_length for one in layers)
         merged.layers.append(layer)
     return merged
+
+
+def _concat_states(layers: Sequence[Any], name: str, initialized: str) -> dict[int, Any]:
+    """A linear-attention layer's states ``name`` (one tensor per state index) of ``layers``' rows, concatenated."""
+    first = layers[0]
+    return {i: torch.cat([getattr(one, name)[i] for one in layers]) if getattr(first, initialized)[i] else state
+            for i, state in getattr(first, name).items()}
