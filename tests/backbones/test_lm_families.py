@@ -122,7 +122,7 @@ def test_the_lm_gets_its_cache_under_the_name_its_forward_declares():
     model.lm.register_forward_pre_hook(lambda module, args, kwargs: names.append(sorted(kwargs)), with_kwargs=True)
     model.generate(**proc(TEXTS, padding_side="left"), max_new_tokens=3)
     continued = [n for n in names if "cache" in n or "past_key_values" in n]
-    assert len(continued) == 2 and all("cache" in n and "past_key_values" not in n for n in continued)
+    assert continued and all("cache" in n and "past_key_values" not in n for n in continued)
 
     class OldStyle(nn.Module):  # remote code written for transformers < 5.24
         def forward(self, input_ids, past_key_values=None, use_cache=None):
