@@ -1,6 +1,16 @@
-"""Training-step benchmark: frozen LM vs LoRA on the LM vs every parameter trainable; 1 process vs 2 processes
-(gloo, CPU).
+"""Training-step benchmarks.
 
+Default: samples/s of the demo's Flamingo training (``frozenvl demo``'s run config: frozen SmolLM2-135M +
+EfficientNet-Lite0, 16 pairs + 1 page + 1 video per step, the shared trainer) with the frozen-encoder feature cache
+off / on and fp32 / bf16 autocast, and their combination. The variants run interleaved, round by round (each round
+starting with the next variant), in one process on one model, so that a change of machine load hits them alike;
+each new trainer starts the same data from the start (its first step, loader start-up, is not timed). "cache warm"
+is the steady state of later epochs and runs (every frame read from the cache); "cache cold" is a first epoch
+(every frame encoded and written). Threads: the command line's policy (``frozenvl.cli.threads``), printed.
+
+    python benchmarks/train_step.py [--world DIR] [--rounds 2] [--steps 3]   # ends with a "headline:" line
+
+``--lora-table``: frozen LM vs LoRA on the LM vs every parameter trainable; 1 process vs 2 processes (gloo, CPU).
 Model (``--model``): ``embedded`` (default): the embedded default, SmolLM2-135M + EfficientNet-Lite0 with the
 demo's small resampler; ``tiny``: a small random Llama-family Flamingo (hidden 256, 8 layers, tiny CNN vision).
 Variants: ``frozen_lm`` (the Flamingo parts train), ``lora`` (and LoRA adapters of rank 8 on the LM's q_proj and
@@ -8,7 +18,7 @@ v_proj, ``FlamingoConfig.lora_rank``), ``all_trainable`` (every parameter, the v
 Each variant runs in its own subprocess so that peak RSS (ru_maxrss) is its own. The 1- vs 2-process throughput
 uses the trainer on a tiny synthetic world with a tiny model in both cases.
 
-    python benchmarks/train_step.py [--model embedded|tiny]   # prints the figures and a final "headline:" line
+    python benchmarks/train_step.py --lora-table [--model embedded|tiny]   # ends with its own "headline:" line
     python benchmarks/train_step.py --variant lora embedded    # one variant's figures, as JSON
 """
 
@@ -94,6 +104,101 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
     return sum(rates) / len(rates)
 
 
+DEMO_VARIANTS = {  # name: (feature cache: None | "warm" | "cold", precision)
+    "fp32": (None, "fp32"),
+    "bf16": (None, "bf16"),
+    "cache warm, fp32": ("warm", "fp32"),
+    "cache warm, bf16": ("warm", "bf16"),
+    "cache cold, fp32": ("cold", "fp32"),
+}
+
+
+def demo_speed(world: Path, root: Path, rounds: int, steps: int) -> dict[str, float]:
+    """Samples/s of each DEMO_VARIANTS entry on the demo's run config (``world``: a synthetic world)."""
+    import copy
+
+    import torch
+    import yaml
+
+    from frozenvl.cli.demo import FULL, flamingo_run_config
+    from frozenvl.config import from_dict
+    from frozenvl.flamingo.feature_cache import FeatureCache
+    from frozenvl.tasks import ModelConfig, build_task
+    from frozenvl.train.config import load_config
+    from frozenvl.train.loop import Trainer
+
+    base = flamingo_run_config(world, root / "unused", FULL)
+    base["data"]["eval_datasets"] = []
+    base["train"].update(progress=False, eval_every=0, checkpoint_every=0, log_every=10**6, steps=10**6)
+    base["model"]["feature_cache"] = False  # the benchmark sets the cache per variant
+    torch.manual_seed(0)
+    task = build_task(from_dict(ModelConfig, base["model"], "model"))
+    task.set_train_mode()
+    warm = FeatureCache(root / "features-warm", task.model.vision)
+    samples = {name: 0.0 for name in DEMO_VARIANTS}
+    seconds = {name: 0.0 for name in DEMO_VARIANTS}
+    runs = 0
+
+    def trainer_for(precision: str) -> Trainer:
+        nonlocal runs
+        runs += 1
+        tree = copy.deepcopy(base)
+        tree["train"].update(precision=precision, run_dir=str(root / f"run-{runs}"))
+        path = root / f"run-{runs}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return Trainer(load_config(path), task=task)
+
+    # Fill the warm cache with the steps every variant will take (each trainer starts the data from the start).
+    task.feature_cache = warm
+    trainer = trainer_for("fp32")
+    for _ in range(steps + 1):
+        trainer.train_step()
+    trainer.close()
+    names = list(DEMO_VARIANTS)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts with another variant
+            cache, precision = DEMO_VARIANTS[name]
+            task.feature_cache = {None: None, "warm": warm}.get(cache) if cache != "cold" else FeatureCache(
+                root / f"features-cold-{r}", task.model.vision)
+            trainer = trainer_for(precision)
+            trainer.train_step()  # loader start-up, cold shuffle buffer: not timed
+            if cache == "cold":  # the untimed step filled part of the cold cache: start it empty again
+                task.feature_cache = FeatureCache(root / f"features-cold-{r}-b", task.model.vision)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                samples[name] += trainer.train_step()["samples"]
+            seconds[name] += time.perf_counter() - t0
+            trainer.close()
+            print(f"  round {r + 1}/{rounds} {name:18s} {samples[name] / seconds[name]:6.2f} samples/s so far",
+                  flush=True)
+    print(f"  warm cache: {warm.stats.hits} frames read, {warm.stats.misses} encoded (all in the filling pass: "
+          f"{(steps + 1)} steps)")
+    return {name: samples[name] / seconds[name] for name in DEMO_VARIANTS}
+
+
+def main_demo(world: str | None, rounds: int, steps: int) -> None:
+    from frozenvl.cli.threads import apply_thread_policy
+
+    choice = apply_thread_policy()
+    print(f"threads: {choice.describe()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if world is None:
+            from frozenvl.data import WorldConfig, generate_world
+
+            world_path = root / "world"
+            generate_world(world_path, WorldConfig(seed=0, n_pairs=400, n_interleaved=60, n_video=30, n_eval=40,
+                                                   n_episodes=6, shard_size=50), progress=False, log=None)
+        else:
+            world_path = Path(world)
+        print(f"demo configuration, {rounds} round(s) x {steps} timed steps per variant, interleaved")
+        rates = demo_speed(world_path, root, rounds, steps)
+    base = rates["fp32"]
+    for name, rate in rates.items():
+        print(f"{name:18s} {rate:6.2f} samples/s  {rate / base:5.2f}x")
+    print(f"headline: samples/s, feature cache (warm) + bf16 vs neither = {rates['cache warm, bf16'] / base:.2f}x")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--variant":
         print(json.dumps(step_variant(sys.argv[2], sys.argv[3])))
@@ -102,7 +207,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("embedded", "tiny"), default="embedded")
+    parser.add_argument("--lora-table", action="store_true", help="frozen LM vs LoRA vs all trainable, 1 vs 2 procs")
+    parser.add_argument("--world", help="a synthetic world folder (default: a small one in a temporary folder)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     args = parser.parse_args()
+    if not args.lora_table:
+        main_demo(args.world, args.rounds, args.steps)
+        return
     print(f"model: {args.model}; {STEPS - WARMUP} timed steps of batch {BATCH} after {WARMUP} warm-up steps")
     results = {}
     for variant in VARIANTS:
