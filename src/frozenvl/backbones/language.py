@@ -11,6 +11,7 @@ Sources accepted by :func:`load_causal_lm`:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -163,8 +164,6 @@ def cache_argument(model: nn.Module) -> str:
     LM whose ``forward`` declares ``cache`` gets it under that name, one written for the old name (older releases,
     remote code) under ``past_key_values``.
     """
-    import inspect
-
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters or "past_key_values" not in parameters else "past_key_values"
 
