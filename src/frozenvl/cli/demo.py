@@ -92,6 +92,10 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
             "flamingo": {"cross_attn_every": 4, "resampler": "perceiver", "resampler_dim": 256,
                          "resampler_depth": 2, "num_latents": 16, "max_frames": 8, "max_images": 5,
                          "max_length": 192},
+            # The frozen encoder's features, computed once per image, beside the run (a re-run of the demo reuses
+            # them; deleting the demo's folder deletes them): about 123 KiB per frame.
+            "feature_cache": True,
+            "feature_cache_dir": str(run_dir.parent / "features"),
         },
         "data": {
             "mixing": "accumulate",
@@ -380,7 +384,7 @@ def describe_demo(plan: DemoPlan = FULL) -> str:
         "  2. flamingo/   a Flamingo on frozen SmolLM2-135M + frozen EfficientNet-Lite0 (Perceiver Resampler, gated\n"
         f"                 cross-attention every 4th layer), {plan.flamingo_steps} steps of {plan.pairs_batch} pairs + "
         "1 page + 1 video,\n"
-        "                 the frozen encoder's features cached (model.feature_cache), fp32\n"
+        "                 the frozen encoder's features cached in features/ (model.feature_cache), fp32\n"
         f"  3. fewshot/   synth_icl_words ({plan.icl_queries} queries) and synth_captioning "
         f"({plan.caption_queries}) at {shots} shots;\n"
         f"                 image reliance on {plan.reliance_pairs} held-out pairs (right vs another's vs blank "
