@@ -138,3 +138,10 @@ def test_mmc4_bad_lines_are_counted_and_the_rest_converted(tmp_path):
     report = convert_mmc4(tmp_path / "docs.jsonl", img_dir, tmp_path / "out", progress=False)
     assert report.skipped.as_dict() == {"bad_json": 2, "bad_field": 1}  # odd keeps its good image
     assert report.written == 3 and keys(tmp_path / "out") == ["mmc400000000", "mmc400000003", "mmc400000004"]
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
+    img_dir = images(tmp_path / "imgs", ["a.png"])
+    (tmp_path / "caps.csv").write_bytes("image,caption\na.png,a cat\n".encode("utf-8-sig"))  # as Excel saves
+    report = convert_folder(img_dir, tmp_path / "caps.csv", tmp_path / "out", progress=False)
+    assert report.written == 1 and keys(tmp_path / "out") == ["a_0"]

@@ -137,7 +137,7 @@ def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Excel's CSVs) is not text
     except UnicodeDecodeError as e:
         raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
