@@ -13,22 +13,34 @@ decoding both paths share is at its longest and the ratio at its lowest. ``--mod
 checkpoint instead (e.g. one from ``configs/flamingo_icl_cpu.yaml``), whose captions end when it says so.
 Demonstrations and queries come from a small synthetic world written to a temporary folder.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_speed.py``. The last line is the headline figure.
+3. ``--processes 1 2``: the whole harness (``FewShotHarness.run``, the queries shared by rank as under torchrun,
+   rank 0 scoring the gathered predictions) in 1 and then 2 gloo processes started here, each with ``--threads``
+   torch threads and its own copy of the model; queries/s of each (time from a barrier before the run to the end of
+   the gather and the scoring) and whether the results are identical. Replaces modes 1 and 2.
+
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_speed.py [--processes 1 2]``. The last line is the headline
+figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from frozenvl.data import WorldConfig, generate_world
 from frozenvl.data.synth import COLOURS, SHAPES
+from frozenvl.distributed import Dist, all_gather_object, barrier, setup, teardown
 from frozenvl.eval import build_prompt, get_task
+from frozenvl.eval.harness import EvalConfig, FewShotHarness
 from frozenvl.eval.scoring import FewShotScorer
-from frozenvl.eval.synthetic import read_world_split
+from frozenvl.eval.synthetic import SYNTHETIC_TASKS, read_world_split, synthetic_task_data
 from frozenvl.flamingo import build, load_pretrained
 
 
@@ -102,6 +114,69 @@ def bench_captioning(scorer: FewShotScorer, world: str, shots: int, n_queries: i
     return t_plain / t_cached
 
 
+def _load_model(model_dir: str | None):
+    torch.manual_seed(0)  # every process builds the same untrained model
+    if model_dir:
+        return load_pretrained(model_dir)
+    return build(resampler_dim=256, resampler_depth=2, num_latents=16)
+
+
+def _harness_worker(rank: int, world: int, port: int, args: argparse.Namespace, world_dir: str, out: str) -> None:
+    """One process of the harness under a gloo process group (what torchrun sets up, done here by hand)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(args.threads)
+    group = setup("cpu", option="--device") if world > 1 else Dist()
+    model, processor = _load_model(args.model)
+    spec, data = get_task(args.dist_task), synthetic_task_data(args.dist_task, world_dir)
+    config = EvalConfig(shots=args.dist_shots, limit=args.dist_queries, candidate_batch_size=args.candidate_batch_size)
+    harness = FewShotHarness(model.eval(), processor, config, rank=rank, world_size=world)
+    harness.run(spec, data, progress=False)  # warm-up (kernels, allocations); the timed run repeats it
+    barrier()
+    start, cpu = time.perf_counter(), time.process_time()
+    results = harness.run(spec, data, progress=False)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    cpus = all_gather_object(cpu)  # CPU seconds of every process: the work done, whatever else runs on the machine
+    if rank == 0:
+        Path(out).write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpus, "results": results.to_dict()}))
+    teardown(group)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_processes(args: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    runs = len(args.dist_shots)
+    with tempfile.TemporaryDirectory() as tmp:
+        world_dir = str(Path(tmp) / "world")
+        split = SYNTHETIC_TASKS[args.dist_task]
+        generate_world(world_dir, WorldConfig(seed=0, n_eval=max(args.dist_queries, 12), splits=(split,)),
+                       progress=False, log=None)
+        measured = {}
+        for n in args.processes:
+            out = str(Path(tmp) / f"result-{n}.json")
+            mp.spawn(_harness_worker, args=(n, _free_port(), args, world_dir, out), nprocs=n)
+            measured[n] = json.loads(Path(out).read_text())
+            qps = args.dist_queries * runs / measured[n]["seconds"]
+            cpu = measured[n]["cpu_seconds"]
+            print(f"[3] {args.dist_task}, shots {args.dist_shots}, {args.dist_queries} queries: {n} process(es) x "
+                  f"{args.threads} thread(s): {measured[n]['seconds']:.1f} s, {qps:.2f} queries/s; CPU s per process "
+                  f"{', '.join(f'{c:.1f}' for c in cpu)} (sum {sum(cpu):.1f})")
+    first, last = args.processes[0], args.processes[-1]
+    same = all(m["results"] == measured[first]["results"] for m in measured.values())
+    qps = {n: args.dist_queries * runs / m["seconds"] for n, m in measured.items()}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    cpu = {n: sum(m["cpu_seconds"]) for n, m in measured.items()}
+    print(f"headline: {args.dist_task} evaluation, {first} vs {last} processes: {qps[first]:.2f} vs {qps[last]:.2f} "
+          f"queries/s = {qps[last] / qps[first]:.2f}x (CPU s in all: {cpu[first]:.1f} vs {cpu[last]:.1f}); identical "
+          f"results: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=100)
@@ -116,8 +191,17 @@ def main() -> None:
                         help="a trained Flamingo folder (default: the untrained embedded default)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine, 2 threads stall each other)")
+    parser.add_argument("--processes", type=int, nargs="+", default=None,
+                        help="mode 3: the harness in each of these numbers of gloo processes, e.g. 1 2")
+    parser.add_argument("--dist-task", default="synth_classification",
+                        help="mode 3's synthetic task (synth_classification, synth_vqa, synth_captioning)")
+    parser.add_argument("--dist-shots", type=int, nargs="+", default=[4])
+    parser.add_argument("--dist-queries", type=int, default=16)
     args = parser.parse_args()
 
+    if args.processes:
+        bench_processes(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
