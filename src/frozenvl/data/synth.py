@@ -5,7 +5,9 @@ Every caption, answer and label is a function of the pixels only (the text prior
 model has to look. Some colour+shape compositions never appear in training (`heldout`): the zero-shot split
 tests them. The `icl_words` split is a few-shot task that cannot be solved zero-shot: in each episode, the values
 of one attribute are mapped to nonsense words by a fresh random permutation, defined only by that episode's
-support examples.
+support examples. The evaluation captions (``captioning``, ``retrieval``, ``retrieval_val``) are also written in
+other languages (``translations``): templated translations of the same captions from the vocabulary tables of
+``synth_languages.yaml`` (:mod:`frozenvl.data.languages`).
 
 Everything is a function of (seed, split, index): `generate_world(out_dir, seed)` writes the same bytes on every
 machine, and any sample can be regenerated alone. `world.json` lists each split's shards, and readers take them
@@ -41,6 +43,7 @@ from frozenvl.data.formats import (
     video_sample,
     vqa_record,
 )
+from frozenvl.data.languages import Language, load_languages
 from frozenvl.data.shards import ShardWriter, expand_shards, read_shard
 from frozenvl.data.skips import BadSample, SkipCounter
 from frozenvl.files import write_text_atomic
@@ -59,16 +62,29 @@ TRAIN_WORDS = ("dax", "wug", "fep", "blicket", "toma", "zup", "kiki", "gazzer", 
 EVAL_WORDS = ("zorb", "quiv", "mib", "snerg", "yark", "veem", "glim", "crad", "prell", "noff", "jibb", "sarn")
 # How a `words` page names a picture; "Output:{word}" is also the few-shot classification prompt's format.
 WORD_FORMATS = ("This is a {word}.", "Output:{word}", "A {word}.", "Name: {word}.")
+BACKGROUNDS = ("dark", "grey")  # the long caption's background words (by the background's brightness)
+RELATIONS = ("to the left of", "to the right of", "above", "below")  # of the long caption's first object to its second
+# Every English word the caption templates fill in: the vocabulary tables of the other languages
+# (synth_languages.yaml) must translate each of them.
+ENGLISH_VOCABULARY: dict[str, tuple[str, ...]] = {
+    "colours": tuple(COLOURS), "shapes": SHAPES, "sizes": tuple(SIZES), "positions": CELL_NAMES,
+    "counts": NUMBER_WORDS[1:], "backgrounds": BACKGROUNDS, "relations": RELATIONS,
+}
+# Languages the evaluation captions are also written in (templated translations of the same captions).
+CAPTION_LANGUAGES = ("fr", "es", "de")
 # Colour i with shape i+1: every colour and every shape still appears in training, in other pairings.
 HELDOUT = tuple((c, SHAPES[(i + 1) % len(SHAPES)]) for i, c in enumerate(COLOURS))
 
 _log = logging.getLogger(__name__)
 
 SPLIT_IDS = {"pairs": 1, "interleaved": 2, "video": 3, "captioning": 11, "vqa": 12, "classification": 13,
-             "retrieval": 14, "video_qa": 15, "icl_words": 16, "heldout": 17}
+             "retrieval": 14, "video_qa": 15, "icl_words": 16, "heldout": 17, "retrieval_val": 18}
 TRAIN_SPLITS = ("pairs", "interleaved", "video")
 PAGE_THEMES = ("caption", "qa", "count", "words")
 EVAL_SPLITS = ("captioning", "vqa", "classification", "retrieval", "video_qa", "icl_words", "heldout")
+# Written on request only (not in the default splits): a retrieval split of other scenes, to choose settings on.
+VALIDATION_SPLITS = ("retrieval_val",)
+TRANSLATED_SPLITS = ("captioning", "retrieval", "retrieval_val")  # records that carry "translations"
 
 
 @dataclass
@@ -92,10 +108,13 @@ class WorldConfig(Config):
     # interleaved: relative frequency of each page theme (words pages teach in-context naming); themes left out: 1
     page_themes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PAGE_THEMES, 1.0))
     workers: int = 1
+    # captioning/retrieval records also hold their captions in these languages (synth_languages.yaml)
+    languages: tuple[str, ...] = CAPTION_LANGUAGES
     splits: tuple[str, ...] = field(default_factory=lambda: TRAIN_SPLITS + EVAL_SPLITS)
 
     def __post_init__(self) -> None:
         self.splits = tuple(self.splits)
+        self.languages = tuple(self.languages)
         super().__post_init__()
         self.page_themes = {t: float(w) for t, w in self._themes().items()}
 
@@ -109,6 +128,10 @@ class WorldConfig(Config):
                               f"{', '.join(SPLIT_IDS)}")
         if not self.splits:
             raise ConfigError(f"{where}.splits is empty: name at least one split to write")
+        try:
+            caption_languages(self.languages)
+        except ValueError as e:
+            raise ConfigError(f"{where}.languages: {e}") from None
         for name in ("n_pairs", "n_interleaved", "n_video", "n_eval", "n_episodes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name} must be >= 0; got {getattr(self, name)}")
@@ -154,7 +177,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
     tint = rng.integers(-12, 13, size=3)
     noise = rng.integers(-18, 19, size=(size, size, 1))  # (S, S, 1): grey noise, so colours stay readable
     bg = np.clip(level + tint[None, None, :] + noise, 0, 255).astype(np.uint8)  # (S, S, 3)
-    return bg, ("dark" if level < 55 else "grey")
+    return bg, (BACKGROUNDS[0] if level < 55 else BACKGROUNDS[1])
 
 
 def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -218,12 +241,29 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def short_caption(objs: list[Obj], rng: np.random.Generator) -> str:
+def short_caption_plan(objs: list[Obj], rng: np.random.Generator) -> tuple[list[Obj], bool]:
+    """What a short caption says, in every language: the objects in the caption's order, and whether the count
+    comes first."""
     order = rng.permutation(len(objs)) if rng.random() < 0.5 else np.arange(len(objs))
-    names = [_a(objs[i].name) for i in order]
-    if rng.random() < 0.5 or len(objs) == 1:
-        return _join(names)
-    return f"{NUMBER_WORDS[len(objs)]} shapes: {_join(names)}"
+    counted = not (rng.random() < 0.5 or len(objs) == 1)
+    return [objs[i] for i in order], counted
+
+
+def english_short_caption(ordered: list[Obj], counted: bool) -> str:
+    names = _join([_a(o.name) for o in ordered])
+    return f"{NUMBER_WORDS[len(ordered)]} shapes: {names}" if counted else names
+
+
+def short_caption(objs: list[Obj], rng: np.random.Generator) -> str:
+    return english_short_caption(*short_caption_plan(objs, rng))
+
+
+def caption_relation(objs: list[Obj]) -> str | None:
+    """Where the first object is relative to the second (one of RELATIONS); None for a single object."""
+    if len(objs) < 2:
+        return None
+    (ar, ac), (br, bc) = divmod(objs[0].cell, 3), divmod(objs[1].cell, 3)
+    return RELATIONS[0] if ac < bc else RELATIONS[1] if ac > bc else RELATIONS[2] if ar < br else RELATIONS[3]
 
 
 def long_caption(objs: list[Obj], bg_word: str) -> str:
@@ -231,12 +271,16 @@ def long_caption(objs: list[Obj], bg_word: str) -> str:
     noun = "shape" if n == 1 else "shapes"
     parts = [f"a {o.size} {o.name} {'in the' if o.position == 'center' else 'at the'} {o.position}" for o in objs]
     text = f"{NUMBER_WORDS[n].capitalize()} {noun} on a {bg_word} noisy background: {_join(parts)}."
-    if n >= 2:
-        a, b = objs[0], objs[1]
-        (ar, ac), (br, bc) = divmod(a.cell, 3), divmod(b.cell, 3)
-        rel = "to the left of" if ac < bc else "to the right of" if ac > bc else "above" if ar < br else "below"
-        text += f" The {a.name} is {rel} the {b.name}."
+    rel = caption_relation(objs)
+    if rel is not None:
+        text += f" The {objs[0].name} is {rel} the {objs[1].name}."
     return text
+
+
+def caption_languages(codes: tuple[str, ...] | list[str] | None = None) -> dict[str, Language]:
+    """The languages of the packaged vocabulary tables (``synth_languages.yaml``; ``codes``: only these),
+    each checked to translate every word of ``ENGLISH_VOCABULARY``."""
+    return load_languages(ENGLISH_VOCABULARY, codes=codes)
 
 
 def vqa_pair(objs: list[Obj], rng: np.random.Generator) -> tuple[str, str, str]:
@@ -268,6 +312,28 @@ class World:
         self.cfg = config
         weights = np.array([config.page_themes[t] for t in PAGE_THEMES])
         self._theme_p = weights / weights.sum()  # probability of each page theme
+        self.languages = caption_languages(config.languages)
+
+    def translations(self, plans: list[tuple[list[Obj], bool]], long: tuple[list[Obj], str] | None = None
+                     ) -> dict[str, dict[str, list[str]]]:
+        """The same captions in every language of the config: short captions from their plans, and the long
+        caption of (objects, background word)."""
+        out = {}
+        for code, language in self.languages.items():
+            entry = {"captions": [language.short_caption(ordered, counted) for ordered, counted in plans]}
+            if long is not None:
+                entry["long_captions"] = [language.long_caption(long[0], long[1], caption_relation(long[0]))]
+            out[code] = entry
+        return out
+
+    def short_captions(self, objs: list[Obj], rng: np.random.Generator) -> tuple[list[str], list]:
+        """Up to 5 distinct short captions of a scene (sorted, as English text) and their plans."""
+        plans: dict[str, tuple[list[Obj], bool]] = {}
+        for _ in range(12):
+            plan = short_caption_plan(objs, rng)
+            plans.setdefault(english_short_caption(*plan), plan)
+        caps = sorted(plans)[:5]
+        return caps, [plans[c] for c in caps]
 
     def rng(self, split: str, index: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, SPLIT_IDS[split], index])
@@ -310,15 +376,17 @@ class World:
         extra = {"objects": [asdict(o) for o in objs],
                  "heldout": any((o.colour, o.shape) in HELDOUT for o in objs)}
         if split == "captioning":
-            caps = sorted({short_caption(objs, rng) for _ in range(12)})[:5]
-            return caption_record(key, img, caps, extra=extra, image_format=fmt)
+            caps, plans = self.short_captions(objs, rng)
+            return caption_record(key, img, caps, extra={**extra, "translations": self.translations(plans)},
+                                  image_format=fmt)
         if split == "vqa":
             q, a, qtype = vqa_pair(objs, rng)
             return vqa_record(key, img, q, [a] * 10, question_id=index, extra={**extra, "question_type": qtype},
                               image_format=fmt)
-        if split == "retrieval":
-            caps = sorted({short_caption(objs, rng) for _ in range(12)})[:5]
-            return retrieval_record(key, img, caps, long_captions=[long_caption(objs, bg)], extra=extra,
+        if split in ("retrieval", "retrieval_val"):
+            caps, plans = self.short_captions(objs, rng)
+            return retrieval_record(key, img, caps, long_captions=[long_caption(objs, bg)],
+                                    extra={**extra, "translations": self.translations(plans, (objs, bg))},
                                     image_format=fmt)
         raise ValueError(f"unknown split {split!r}")
 
@@ -565,6 +633,8 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(CELL_NAMES),
         "directions": list(DIRECTIONS), "heldout_compositions": [list(p) for p in HELDOUT],
         "train_words": list(TRAIN_WORDS), "eval_words": list(EVAL_WORDS),
+        "caption_languages": {"en": "English", **{c: lang.name for c, lang in caption_languages(
+            config.languages).items()}},
         "splits": splits, "seconds": round(time.perf_counter() - t0, 3),
         "icl_words": {"n_way": config.n_way, "k_shot": config.k_shot, "n_query": config.n_query,
                       "episodes": config.n_episodes,

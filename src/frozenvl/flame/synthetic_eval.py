@@ -61,12 +61,20 @@ def world_classification(world: str | os.PathLike, split: str, image_size: int,
 
 
 def world_retrieval(world: str | os.PathLike, image_size: int, long: bool = True, split: str = "retrieval",
-                    limit: int | None = None) -> TensorRetrievalSet:
-    """Images with their long caption (``long=True``) or their short captions."""
+                    limit: int | None = None, language: str = "en") -> TensorRetrievalSet:
+    """Images with their long caption (``long=True``) or their short captions; ``language``: ``en`` or one of
+    the languages the world also writes its captions in (the record's ``translations``, e.g. ``fr``)."""
     transform = image_transform(image_size)
     images, captions, owner = [], [], []
     for record in iter_world_split(world, split):
-        texts = record.get("long_captions") if long else record.get("captions")
+        source = record
+        if language != "en":
+            source = record.get("translations", {}).get(language)
+            if source is None:
+                have = ", ".join(["en", *record.get("translations", {})])
+                raise ValueError(f"{world}: record {record['key']} of the {split} split has no {language!r} "
+                                 f"captions (it has: {have}); generate the world with this language")
+        texts = source.get("long_captions") if long else source.get("captions")
         if not texts:
             continue
         owner.extend([len(images)] * len(texts))
