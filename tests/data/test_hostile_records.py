@@ -155,3 +155,30 @@ def test_huge_captions_in_caption_inputs_are_skipped_unread(tmp_path):
     # A line of exactly the cap (its newline beyond it) is kept; one byte more is not.
     lines = list(capped_lines(io.BytesIO(b"x" * 8 + b"\n" + b"y" * 9 + b"\nz"), cap=8))
     assert lines == [(1, b"x" * 8 + b"\n"), (2, None), (3, b"z")]
+
+
+def test_fifos_given_as_annotation_or_image_files_are_refused_without_blocking(tmp_path):
+    import os
+
+    from test_hostile_shards import deadline
+
+    from frozenvl.cli.errors import CLIError
+    from frozenvl.cli.generate import _load_image
+    from frozenvl.data.convert import convert_folder
+    from frozenvl.flame import evaluate as flame_eval
+    from frozenvl.flamingo.processor import FlamingoProcessor
+    from frozenvl.testing import tiny_tokenizer
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with deadline(5):
+        for read in (R.read_coco_captions, R.read_hateful_memes, R.read_class_names, flame_eval.load_karpathy):
+            with pytest.raises(ValueError, match="pipe.json is not a regular file"):
+                read(str(fifo))
+        with pytest.raises(ValueError, match="pipe.json is not a regular file"):
+            convert_folder(tmp_path, fifo, tmp_path / "out", progress=False)
+        with pytest.raises(CLIError, match="pipe.json is not a regular file"):
+            _load_image(str(fifo))
+        processor = FlamingoProcessor(tiny_tokenizer(), image_transform=lambda im: im)
+        with pytest.raises(ValueError, match="pipe.json is not an image file"):
+            processor.load_image(str(fifo), "sample 0 image 0")

@@ -28,6 +28,8 @@ def _load_image(spec: str):
     path = Path(spec)
     if not path.exists():
         raise CLIError(f"image {spec} does not exist")
+    if not path.is_file():  # a folder, or a FIFO whose open() would block
+        raise CLIError(f"image {spec} is not a regular file")
     try:
         with Image.open(path) as im:
             return im.convert("RGB")

@@ -157,6 +157,8 @@ def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
     a CSV field over the csv module's limit of 131072 characters) is ``{"__bad__": why, "__reason__": reason}``
     so that the converter counts it and goes on."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO whose read would block
+        raise ValueError(f"caption file {path} is not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"caption file not found: {path}")
     text = _read_text(path, "caption file")

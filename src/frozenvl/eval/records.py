@@ -79,6 +79,8 @@ _ENTRY_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError)
 
 
 def _read_text(path: str | os.PathLike) -> str:
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, or a FIFO whose open() would block
+        raise ValueError(f"evaluation file {path} is not a regular file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

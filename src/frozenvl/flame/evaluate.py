@@ -80,6 +80,8 @@ def classification_metrics(logits: torch.Tensor, labels: Sequence[int], ks: Sequ
 
 def _read_json(path: str | os.PathLike):
     """The JSON in ``path``; a file that is not UTF-8, not JSON or nested too deeply is one ValueError naming it."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, or a FIFO whose open() would block
+        raise ValueError(f"{path} is not a regular file")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -50,6 +50,8 @@ class FlamingoProcessor:
 
         try:
             if isinstance(image, (str, os.PathLike)):
+                if not os.path.isfile(image):  # missing, a folder, or a FIFO whose open() would block
+                    raise ValueError(f"{os.fspath(image)} is not an image file")
                 with Image.open(image) as im:
                     im.load()
                     image = im.convert("RGB")
