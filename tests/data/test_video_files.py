@@ -48,6 +48,15 @@ def colour_index(image) -> int:
     return int(np.argmin(distances))
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (as tests/conftest.py does for the model test folders)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("videos") / "clip.mp4")
@@ -178,6 +187,36 @@ def test_video_readers_find_video_files(tmp_path, clip):
     qa.write_text(json.dumps([{"video": "video1.mp4", "question": "what colour first?", "answer": "red"}]))
     (record,) = read_video_qa(root, qa)
     assert record.media == str(root / "video1.mp4") and record.answers == ["red"]
+
+
+def test_evaluation_on_video_files_equals_evaluation_on_their_frames(tmp_path):
+    """msvd_qa through the harness: video files give the predictions that folders of their decoded frames give."""
+    from frozenvl.eval import get_task
+    from frozenvl.eval.harness import EvalConfig, TaskData, evaluate
+    from frozenvl.eval.records import read_video_qa
+    from frozenvl.testing import tiny_flamingo
+
+    files, folders = tmp_path / "files", tmp_path / "folders"
+    files.mkdir()
+    rows = []
+    # At least 4 s each: 4 frames or more at 1 FPS, capped at the model's 4, since few-shot scoring stacks the
+    # media of a batch and of a prompt with one frame count.
+    for i, seconds in enumerate((4.2, 5.5, 5.9, 4.6)):
+        clip = write_clip(files / f"v{i}.mp4", seconds=seconds, rate=5)
+        (folders / f"v{i}").mkdir(parents=True)
+        for k, frame in enumerate(read_video_frames(clip)):
+            frame.save(folders / f"v{i}" / f"{k:03d}.png")  # lossless: the same pixels as the decoded file
+        rows.append({"video_id": f"v{i}", "question": "how many colours?", "answer": str(int(seconds) + 1)})
+    annotations = tmp_path / "qa.json"
+    annotations.write_text(json.dumps(rows))
+    model, processor = tiny_flamingo("gpt2", seed=3, open_gates=True)  # max_frames=4
+    outputs = []
+    for root in (files, folders):
+        records = read_video_qa(root, annotations, max_frames=4)
+        outputs.append(evaluate(model, processor, get_task("msvd_qa"), TaskData(records, records),
+                                EvalConfig(shots=(0, 2), batch_size=2), progress=False).results.to_dict())
+    assert [len(r["predictions"]) for r in outputs[0]["runs"]] == [4, 4]
+    assert outputs[0] == outputs[1]
 
 
 # ------------------------------------------------------------------------------------------ converter
