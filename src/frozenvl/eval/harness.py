@@ -53,7 +53,8 @@ class TaskData:
 class EvalConfig(Config):
     """``shots``: shot counts (0 = two text-only demonstrations). ``trials``: random demonstration draws per
     shot count, seeded by ``seed`` (RICES is deterministic: one trial). ``limit``: the first N queries.
-    ``batch_size``: queries decoded together; ``candidate_batch_size``: candidates per forward.
+    ``batch_size``: queries decoded or scored together; ``candidate_batch_size``: (query, candidate)
+    pairs per forward.
     ``prefix_cache=False`` recomputes the full prompt per query and per candidate (the reference path).
     ``save_prompts`` stores each query's full prompt text with its prediction."""
 
@@ -189,16 +190,21 @@ class FewShotHarness:
                      prompts: Sequence[Prompt], progress: Any) -> list[dict[str, Any]]:
         context, context_media = prompts[0].context, prompts[0].media[: prompts[0].num_context_media]
         prefix = self.scorer.encode_prefix(context, context_media) if self.config.prefix_cache else None
-        outs = []
-        for record, prompt in zip(group, prompts):
-            candidates = spec.candidates_for(record, data.class_names)
-            query_media = prompt.media[prompt.num_context_media:]
+        all_candidates = [spec.candidates_for(record, data.class_names) for record in group]
+        all_scores: list[list[float]] = []
+        for start in range(0, len(prompts), self.config.batch_size):  # queries on the prefix, a batch at a time
+            batch = prompts[start:start + self.config.batch_size]
+            media = [p.media[p.num_context_media:] for p in batch]
             if prefix is not None:
-                scores = self.scorer.score_candidates(prefix, prompt.query, query_media, candidates,
-                                                      spec.length_normalize)
+                all_scores += self.scorer.score_candidates_batch(prefix, [p.query for p in batch], media,
+                                                                 all_candidates[start:start + len(batch)],
+                                                                 spec.length_normalize)
             else:
-                scores = self.scorer.score_candidates_uncached(context, context_media, prompt.query, query_media,
-                                                               candidates, spec.length_normalize)
+                all_scores += [self.scorer.score_candidates_uncached(context, context_media, p.query, m, c,
+                                                                     spec.length_normalize)
+                               for p, m, c in zip(batch, media, all_candidates[start:start + len(batch)])]
+        outs = []
+        for record, candidates, scores in zip(group, all_candidates, all_scores):
             probs = torch.tensor(scores, dtype=torch.float64).softmax(0).tolist()
             best = int(np.argmax(scores))
             out: dict[str, Any] = {"answer": candidates[best], "target": spec.target(record, data.class_names)}

@@ -5,9 +5,9 @@ its demonstrations shares ``context``: :meth:`FewShotScorer.encode_prefix` runs 
 keeps the :class:`~frozenvl.flamingo.FlamingoCache` (LM keys/values, visual tokens of the demonstration images,
 cross-attention keys/values). Then
 
-- close-ended: the query is appended to a selection of the prefix cache, and the candidates are scored in
-  batches by repeating that cache over the batch; one forward per batch of candidates, over the candidate tokens
-  only;
+- close-ended: a batch of queries is appended to selections of the prefix cache (one forward for all of them,
+  exact for any position scheme), and the (query, candidate) pairs are scored in batches by selecting each pair's
+  query row of that cache; one forward per batch of pairs, over the candidate tokens only;
 - open-ended: a batch of queries is appended to selections of the prefix cache and decoded (beam search with the
   model's own :func:`~frozenvl.flamingo.generation.generate`), so neither the demonstration text nor its images
   are encoded again.
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
-from frozenvl.flamingo.generation import generate
+from frozenvl.flamingo.generation import continue_prefix, generate
 from frozenvl.tensors import pad_sequences, stack_media
 
 
@@ -122,27 +122,53 @@ class FewShotScorer:
     def score_candidates(self, prefix: Prefix, query: str, query_media: Sequence[Any], candidates: Sequence[str],
                          length_normalize: bool = True) -> list[float]:
         """Log-likelihood of each ``candidate + <|endofchunk|>`` after prefix + query, per token if
-        ``length_normalize``. The query is encoded once on top of the prefix; candidates go in batches."""
-        query_piece = self._piece(query, query_media, first=False)
-        ids = torch.tensor([query_piece.ids], device=self.device)
-        out = self.model(ids, torch.ones_like(ids), self._pixels([query_piece.media]), cache=prefix.expanded(1),
-                         use_cache=True, logits_to_keep=1)
-        query_cache, next_logits = out.cache, out.logits[:, -1]  # (1, V)
-        all_ids = [self._candidate_ids(c) for c in candidates]
-        order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i]))  # similar lengths: little padding
-        scores = [0.0] * len(all_ids)
-        for start in range(0, len(order), self.candidate_batch_size):
-            rows = order[start:start + self.candidate_batch_size]
-            batch = [all_ids[i] for i in rows]
-            n = len(batch)
-            # Right padding: the padding comes after every real token.
-            cand, mask = pad_sequences(batch, self.model.pad_token_id, "right", device=self.device)
-            cache = query_cache.select(torch.zeros(n, dtype=torch.long, device=self.device))  # query_cache kept
-            logits = self.model(cand, mask, cache=cache).logits  # (n, L, V)
-            logits = torch.cat([next_logits.expand(n, 1, -1), logits[:, :-1]], dim=1)  # predicts cand[:, t]
-            token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-            for i, value in zip(rows, self._reduce(token_logp, mask.float(), length_normalize).tolist()):
-                scores[i] = value
+        ``length_normalize``: :meth:`score_candidates_batch` for one query."""
+        return self.score_candidates_batch(prefix, [query], [query_media], [candidates], length_normalize)[0]
+
+    @torch.no_grad()
+    def score_candidates_batch(self, prefix: Prefix, queries: Sequence[str], queries_media: Sequence[Sequence[Any]],
+                               candidates: Sequence[Sequence[str]],
+                               length_normalize: bool = True) -> list[list[float]]:
+        """Scores of ``candidates[i]`` after prefix + ``queries[i]``, for a batch of queries that share ``prefix``.
+
+        The queries are encoded in one batch on top of the prefix (their images too), left padded with the padding
+        moved before each row's prefix (:func:`~frozenvl.flamingo.generation.continue_prefix`), so each row is its
+        prompt alone for any position scheme (ALiBi, sliding windows). Then every (query, candidate) pair is a row:
+        the rows, sorted by candidate length, go ``candidate_batch_size`` per forward, each continuing a selection
+        of its query's row, right padded (the padding comes after every real token). A candidate's last token is
+        only a target: the forward reads the candidate without it (the logits after it are never used)."""
+        if not len(queries) == len(queries_media) == len(candidates):
+            raise ValueError(f"{len(queries)} queries, {len(queries_media)} media lists and {len(candidates)} "
+                             "candidate lists: one of each per query")
+        if not queries:
+            return []
+        pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
+        ids, mask = pad_sequences([p.ids for p in pieces], self.model.pad_token_id, "left", device=self.device)
+        pixels = self._pixels([p.media for p in pieces])
+        if prefix.cache is None:  # no demonstrations: the padding is already before each whole prompt
+            out = self.model(ids, mask, pixels, use_cache=True, logits_to_keep=1)
+            query_cache, next_logits = out.cache, out.logits[:, -1]  # (Q, V)
+        else:
+            media = None if pixels is None else self.model.encode_media(pixels)
+            query_cache, next_logits = continue_prefix(self.model, ids, mask, media, prefix.expanded(len(pieces)))
+        all_ids = [[self._candidate_ids(c) for c in row] for row in candidates]
+        pairs = [(q, c) for q, row in enumerate(all_ids) for c in range(len(row))]
+        pairs.sort(key=lambda pair: len(all_ids[pair[0]][pair[1]]))  # similar lengths: little padding
+        scores = [[0.0] * len(row) for row in all_ids]
+        for start in range(0, len(pairs), self.candidate_batch_size):
+            rows = pairs[start:start + self.candidate_batch_size]
+            target, target_mask = pad_sequences([all_ids[q][c] for q, c in rows], self.model.pad_token_id, "right",
+                                                device=self.device)  # (n, L)
+            which = torch.tensor([q for q, _ in rows], device=self.device)  # (n,) each row's query
+            logits = next_logits[which].unsqueeze(1)  # (n, 1, V): predicts target[:, 0]
+            if target.shape[1] > 1:
+                cache = query_cache.select(which)  # a new cache: query_cache is kept for the next batch
+                fed = self.model(target[:, :-1], target_mask[:, :-1], cache=cache).logits  # (n, L-1, V)
+                logits = torch.cat([logits, fed], dim=1)  # (n, L, V): logits[:, t] predicts target[:, t]
+            logits = logits.float()
+            token_logp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (n, L)
+            for (q, c), value in zip(rows, self._reduce(token_logp, target_mask.float(), length_normalize).tolist()):
+                scores[q][c] = value
         return scores
 
     @torch.no_grad()

@@ -64,7 +64,7 @@ class _Decoder:
             return out.logits[:, -1]
         media = self.model.encode_media(self.pixels, self.frames) if self.pixels is not None else None
         if self.prefix is not None:
-            cache, logits = _continue_prefix(self.model, self.ids, self.mask, media, self.prefix)
+            cache, logits = continue_prefix(self.model, self.ids, self.mask, media, self.prefix)
         else:
             out = self.model(self.ids, self.mask, media=media, document_ids=self.docs, use_cache=True,
                              logits_to_keep=1)
@@ -104,8 +104,8 @@ class _Decoder:
         return out.logits[:, -1]
 
 
-def _continue_prefix(model, ids: torch.Tensor, mask: torch.Tensor, media: torch.Tensor | None,
-                     prefix: FlamingoCache) -> tuple[FlamingoCache, torch.Tensor]:
+def continue_prefix(model, ids: torch.Tensor, mask: torch.Tensor, media: torch.Tensor | None,
+                    prefix: FlamingoCache) -> tuple[FlamingoCache, torch.Tensor]:
     """Left-padded prompts ``ids``/``mask`` (B, L) continuing the cache ``prefix`` of B rows -> the cache after them
     and the next token's logits (B, V).
 
