@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_hostile_shards import bomb_png
+from test_hostile_shards import bomb_png, deadline
 
 from frozenvl.cli.main import main
 from frozenvl.flame import evaluate as ev
@@ -79,12 +79,19 @@ def test_a_bomb_image_is_an_error_naming_the_file(tmp_path):
     ("a photo.\n", r"t.txt:1: 'a photo.' must hold exactly one"),
     ("a {photo of {}.\n", "t.txt:1"),
     ("\n\n", "holds no template"),
+    (None, "t.txt is not a file"),  # a FIFO: never opened
 ])
 def test_bad_templates_and_limit_are_one_line_before_any_model_loads(tmp_path, capsys, lines, message):
-    (tmp_path / "t.txt").write_text(lines)
+    if lines is None:
+        import os
+
+        os.mkfifo(tmp_path / "t.txt")
+    else:
+        (tmp_path / "t.txt").write_text(lines)
     args = ["flame", "eval", "--checkpoint", str(tmp_path / "no-checkpoint"), "--task", "zero-shot", "--format",
             "imagefolder", "--data", str(tmp_path), "--templates", str(tmp_path / "t.txt")]
-    assert main(args) == 2
+    with deadline(60):  # a FIFO read would block forever
+        assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     import re

@@ -211,6 +211,8 @@ def _read_templates(path: str) -> list[str]:
     """Class-name templates, one per line, each with exactly one ``{}`` (literal braces doubled): a template
     without it would give every class the same prompt, one with two fails at formatting. One error names the
     file and line."""
+    if not Path(path).is_file():  # missing, a folder, or a FIFO whose read would block
+        raise ValueError(f"--templates {path} is not a file")
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
