@@ -8,6 +8,11 @@
 4. both scored by the same code (``frozenvl.flame.evaluate``): zero-shot accuracy on held-out compositions and on
    all 36 compositions, and long-caption retrieval Recall@K.
 
+Options: ``languages`` (e.g. ``[en, fr, es, de]``) scores both models on the retrieval split's captions in each
+language (the world's templated translations; both models trained on English pairs only); ``prompt_sets``
+(e.g. ``[raw, short, long]``) trains FLAME once per prompt set, scores each on the ``retrieval_val`` split (the
+validation split: the set chosen is the one with the best mean R@1 there) and on the test splits.
+
 ``run_comparison(ComparisonConfig(...))`` returns the results dict and writes ``results.json``;
 ``format_table(results)`` gives the table ending with a ``headline:`` line. Script: ``benchmarks/flame_vs_clip.py``.
 """
@@ -33,7 +38,7 @@ from frozenvl.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 MODELS = ("flame", "clip_baseline")
-EVAL_SPLITS = ("classification", "heldout", "retrieval")
+EVAL_SPLITS = ("classification", "heldout", "retrieval", "retrieval_val")
 
 
 @dataclass
@@ -66,8 +71,30 @@ class ComparisonConfig(Config):
     tokenizer: dict[str, Any] = field(default_factory=lambda: {"max_length": 77})  # CLIP's BPE (open_clip)
     # Zero-shot class prompts, "{}" = the class name with its article ("a red square", "an orange circle").
     templates: list[str] = field(default_factory=lambda: ["{}."])
+    # Retrieval per caption language (en + the world's translations: fr, es, de); both models train on English.
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    language_captions: str = "long"  # the captions scored per language: long (one per image) or short (first)
+    # The number of prompts: FLAME trained once per prompt set (empty: only `prompts`), the best on validation kept.
+    prompt_sets: list[str] = field(default_factory=list)
     threads: int | None = 1
     progress: bool = False
+
+    def validate(self, where: str) -> None:
+        from frozenvl.config import ConfigError
+        from frozenvl.data.synth import caption_languages
+        from frozenvl.flame.prompts import OFFICIAL_PROMPT_SETS
+
+        known = ["en", *caption_languages()]
+        unknown = [lang for lang in self.languages if lang not in known]
+        if unknown or not self.languages:
+            raise ConfigError(f"{where}.languages: {unknown or 'empty'}; the synthetic world's caption languages "
+                              f"are {', '.join(known)}")
+        if self.language_captions not in ("long", "short"):
+            raise ConfigError(f"{where}.language_captions must be long or short; got {self.language_captions!r}")
+        bad = [p for p in self.prompt_sets if p not in OFFICIAL_PROMPT_SETS]
+        if bad or len(set(self.prompt_sets)) != len(self.prompt_sets):
+            raise ConfigError(f"{where}.prompt_sets: {bad or 'repeated'}; name distinct sets of "
+                              f"{', '.join(OFFICIAL_PROMPT_SETS)}")
 
 
 def _article(name: str) -> str:
@@ -86,7 +113,8 @@ def prepare_world(config: ComparisonConfig) -> Path:
         meta = json.loads(meta_path.read_text())
         same = {k: meta["config"].get(k) for k in ("seed", "image_size", "n_pairs", "n_eval")}
         if same == {"seed": wanted.seed, "image_size": wanted.image_size, "n_pairs": wanted.n_pairs,
-                    "n_eval": wanted.n_eval} and set(EVAL_SPLITS) <= set(meta["splits"]):
+                    "n_eval": wanted.n_eval} and set(EVAL_SPLITS) <= set(meta["splits"]) \
+                and set(config.languages) <= set(meta.get("caption_languages", ["en"])):
             return world
         if config.world:
             raise ValueError(f"{world} was generated with other settings ({same}); use another folder")
@@ -111,9 +139,10 @@ def embed_pairs(config: ComparisonConfig, world: Path, encoder) -> dict[str, Any
             "captions_per_s": round(report.written / seconds, 2) if report.written else None}
 
 
-def run_config(config: ComparisonConfig, kind: str, world: Path, store: str, device: str = "cpu"):
+def run_config(config: ComparisonConfig, kind: str, world: Path, store: str, device: str = "cpu",
+               run_name: str | None = None):
     """The engine's run config of one model: everything but ``model`` is the same for both (``device``: the
-    engine's ``train.device``)."""
+    engine's ``train.device``; ``run_name``: the run folder under ``out``, default ``run-<kind>``)."""
     from frozenvl.data.synth import split_glob
     from frozenvl.train.config import RunConfig
 
@@ -130,18 +159,19 @@ def run_config(config: ComparisonConfig, kind: str, world: Path, store: str, dev
                  "seed": config.seed, "shuffle_buffer": 512},
         "optim": {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps,
                   "schedule": "cosine", "min_lr_ratio": 0.05},
-        "train": {"run_dir": str(Path(config.out) / f"run-{kind}"), "steps": config.steps, "seed": config.seed,
+        "train": {"run_dir": str(Path(config.out) / (run_name or f"run-{kind}")), "steps": config.steps,
+                  "seed": config.seed,
                   "log_every": max(1, config.steps // 20), "checkpoint_every": 0, "keep_checkpoints": 1,
                   "progress": config.progress, "device": device, "threads": config.threads},
     })
 
 
 def train_model(config: ComparisonConfig, kind: str, world: Path, store: str,
-                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+                device: str = "cpu", run_name: str | None = None) -> tuple[torch.nn.Module, dict]:
     from frozenvl.tasks import build_task
     from frozenvl.train.loop import train
 
-    rc = run_config(config, kind, world, store, device)
+    rc = run_config(config, kind, world, store, device, run_name)
     torch.manual_seed(config.seed)  # both models build visual then head first: identical initial image towers
     task = build_task(rc.model)
     result = train(rc, task=task, overwrite=True)  # a rerun trains again from scratch
@@ -183,30 +213,113 @@ def run_comparison(config: ComparisonConfig, device: torch.device | None = None,
     out.mkdir(parents=True, exist_ok=True)
     world = prepare_world(config)
     encoder = FacetTextEncoder.from_source(config.lm, config.prompts, mode=config.mode, dtype=dtype, device=device)
-    raw_encoder = FacetTextEncoder(encoder.model, encoder.tokenizer, "raw", layer=encoder.layer,
-                                   max_length=encoder.max_length, mode=config.mode, source=config.lm)
-    embedding = embed_pairs(config, world, encoder)
+    def sibling(prompts: str) -> FacetTextEncoder:  # the same LLM with another prompt set
+        return FacetTextEncoder(encoder.model, encoder.tokenizer, prompts, layer=encoder.layer,
+                                max_length=encoder.max_length, mode=config.mode, source=config.lm)
+
+    raw_encoder = sibling("raw")
     evals = {split: world_classification(world, split, config.image_size) for split in ("heldout", "classification")}
     evals["retrieval"] = world_retrieval(world, config.image_size, long=True)
+    flame_runs = {}  # prompt set -> (model, training, encoder, embedding)
+    for prompts in config.prompt_sets or [config.prompts]:
+        set_encoder = encoder if prompts == config.prompts else sibling(prompts)
+        set_embedding = embed_pairs(dataclasses.replace(config, prompts=prompts), world, set_encoder)
+        run_name = f"run-flame-{prompts}" if config.prompt_sets else None
+        flame_runs[prompts] = (*train_model(config, "flame", world, set_embedding["store"], engine, run_name),
+                               set_encoder, set_embedding)
+    ablation = prompt_ablation(config, world, flame_runs, raw_encoder, evals) if config.prompt_sets else None
+    chosen = max(ablation, key=lambda p: ablation[p]["validation_R@1"]) if ablation else config.prompts
+    flame_model, flame_training, encoder, embedding = flame_runs[chosen]
     results: dict[str, Any] = {"config": asdict(config), "world": str(world), "embedding": embedding,
                                "text_encoder": encoder.describe(), "models": {},
                                "device": str(device), "llm_dtype": str(dtype).removeprefix("torch.")}
+    text_encoders = {}
     for kind in MODELS:
-        model, training = train_model(config, kind, world, embedding["store"], engine)
         t = time.perf_counter()
         if kind == "flame":
-            metrics = evaluate_model(model, encoder, raw_encoder, evals, config.templates)
+            model, training = flame_model, flame_training
+            metrics = ablation[chosen]["metrics"] if ablation else evaluate_model(model, encoder, raw_encoder, evals,
+                                                                                  config.templates)
         else:
+            model, training = train_model(config, kind, world, embedding["store"], engine)
             text = model.text_encoder()
             metrics = evaluate_model(model, text, text, evals, config.templates)
+        text_encoders[kind] = (model, encoder if kind == "flame" else model.text_encoder())
         results["models"][kind] = {"training": training, "eval_seconds": round(time.perf_counter() - t, 1),
                                    **metrics}
+    if ablation:
+        clip, clip_text = text_encoders["clip_baseline"]
+        ablation["clip_baseline"] = {"facets": 1, "metrics": results["models"]["clip_baseline"],
+                                     **_short_and_validation(config, world, clip, clip_text)}
+        results["prompt_ablation"] = {"chosen": chosen, "rows": ablation}
+    if config.languages != ["en"]:
+        results["languages"] = score_languages(config, world, text_encoders, results["models"])
     n_classes = len(evals["heldout"].classnames)
     results["chance"] = {"zero_shot_top1": 100 / n_classes, "retrieval_R@1": 100 / len(evals["retrieval"].images)}
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["headline"] = headline(results)
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return results
+
+
+def _first_caption(data):
+    """A retrieval set with the first caption of each image only (one query per image both ways)."""
+    from frozenvl.flame.synthetic_eval import TensorRetrievalSet
+
+    first = [data.text_to_image.index(i) for i in range(len(data.images))]
+    return TensorRetrievalSet(data.images, [data.captions[j] for j in first], list(range(len(data.images))))
+
+
+def _short_and_validation(config: ComparisonConfig, world: Path, model, text) -> dict[str, Any]:
+    """Short-caption retrieval (first short caption per image) on the test split, and long- and short-caption
+    retrieval on the validation split (``retrieval_val``)."""
+    from frozenvl.flame.evaluate import score_retrieval
+    from frozenvl.flame.synthetic_eval import world_retrieval
+
+    out = {}
+    for split, name in (("retrieval", "test"), ("retrieval_val", "validation")):
+        sets = {"short": _first_caption(world_retrieval(world, config.image_size, long=False, split=split))}
+        if name == "validation":
+            sets["long"] = world_retrieval(world, config.image_size, long=True, split=split)
+        for captions, data in sets.items():
+            out[f"{name}/{captions}"] = score_retrieval(model, text, data.images, data.captions, data.text_to_image,
+                                                        batch_size=64)
+    out["validation_R@1"] = sum(out[f"validation/{c}"][f"{d}_R@1"] for c in ("long", "short")
+                                for d in ("image_to_text", "text_to_image")) / 4
+    return out
+
+
+def prompt_ablation(config: ComparisonConfig, world: Path, flame_runs: dict, raw_encoder,
+                    evals: dict[str, Any]) -> dict[str, Any]:
+    """Each FLAME run (one per prompt set) scored on the validation split (long and short captions: the
+    selection score ``validation_R@1`` is the mean of their R@1 both ways) and on the test splits."""
+    rows = {}
+    for prompts, (model, training, encoder, embedding) in flame_runs.items():
+        rows[prompts] = {"facets": encoder.num_facets, "store": embedding["store"], "training": training,
+                         "metrics": evaluate_model(model, encoder, raw_encoder, evals, config.templates),
+                         **_short_and_validation(config, world, model, encoder)}
+    return rows
+
+
+def score_languages(config: ComparisonConfig, world: Path, text_encoders: dict, models: dict) -> dict[str, Any]:
+    """{language: {model: Recall@1/5/10 both ways}} on the test retrieval split's captions in each language
+    (``language_captions``: the long caption, or the first short caption, of each image)."""
+    from frozenvl.flame.evaluate import score_retrieval
+    from frozenvl.flame.synthetic_eval import world_retrieval
+
+    long = config.language_captions == "long"
+    out: dict[str, Any] = {}
+    for language in config.languages:
+        data = world_retrieval(world, config.image_size, long=long, language=language)
+        data = data if long else _first_caption(data)
+        out[language] = {}
+        for kind, (model, text) in text_encoders.items():
+            if language == "en" and long:  # the English long-caption scores are the main table's
+                out[language][kind] = models[kind]["retrieval/long"]
+            else:
+                out[language][kind] = score_retrieval(model, text, data.images, data.captions, data.text_to_image,
+                                                      batch_size=64)
+    return out
 
 
 ROWS = (
@@ -243,6 +356,7 @@ def format_table(results: dict[str, Any]) -> str:
         fv, cv = f["training"][key], c["training"][key]
         fmt = "{:>8.3f}" if isinstance(fv, float) and key == "final_loss" else "{:>8}"
         lines.append(f"{label:<42} " + fmt.format(fv) + " " + fmt.format(cv))
+    lines += prompt_table(results) + language_table(results)
     e = results["embedding"]
     lines.append(f"LLM embedding: {e['captions']} captions ({e['embedded_now']} now, {e['seconds']} s, "
                  f"{e['captions_per_s']} captions/s); total {results['seconds']} s")
@@ -250,11 +364,63 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _r(metrics: dict, key: str) -> str:
+    """Recall in % with its Wilson 95 % half-width (queries: the images for image->text, captions otherwise)."""
+    from frozenvl.eval.results import wilson_half_width
+
+    n = metrics["num_images"] if key.startswith("image") else metrics["num_captions"]
+    value = metrics[key]
+    return f"{value:5.1f}+-{100 * wilson_half_width(round(value * n / 100), n):4.1f}"
+
+
+def prompt_table(results: dict[str, Any]) -> list[str]:
+    """The number-of-prompts table: one row per FLAME prompt set and the CLIP baseline; R@1 image->text /
+    text->image with 95 % intervals; * marks the set chosen on the validation split."""
+    ablation = results.get("prompt_ablation")
+    if not ablation:
+        return []
+    n = next(iter(ablation["rows"].values()))["metrics"]["retrieval/long"]["num_images"]
+    lines = ["", f"number of prompts (R@1 % +- 95 % Wilson half-width, i2t / t2i; {n} images per split; "
+                 "* = chosen on validation)",
+             f"{'model':<14} {'K':>2} {'val mean R@1':>12} {'test long i2t':>14} {'test long t2i':>14} "
+             f"{'test short i2t':>14} {'test short t2i':>14} {'0-shot held-out':>15} {'0-shot all':>11}"]
+    for name, row in ablation["rows"].items():
+        m = row["metrics"]
+        label = ("FLAME " + name + ("*" if name == ablation["chosen"] else "")) if name != "clip_baseline" else "CLIP"
+        lines.append(f"{label:<14} {row['facets']:>2} {row['validation_R@1']:>12.1f} "
+                     f"{_r(m['retrieval/long'], 'image_to_text_R@1'):>14} "
+                     f"{_r(m['retrieval/long'], 'text_to_image_R@1'):>14} "
+                     f"{_r(row['test/short'], 'image_to_text_R@1'):>14} "
+                     f"{_r(row['test/short'], 'text_to_image_R@1'):>14} "
+                     f"{m['zero_shot/heldout']['top1']:>15.1f} {m['zero_shot/classification']['top1']:>11.1f}")
+    return lines
+
+
+def language_table(results: dict[str, Any]) -> list[str]:
+    """Retrieval per caption language and model: R@1 (+- 95 % half-width), R@5, R@10 both ways."""
+    languages = results.get("languages")
+    if not languages:
+        return []
+    captions = results["config"].get("language_captions", "long")
+    lines = ["", f"retrieval per language ({captions} captions; both models trained on English pairs only)",
+             f"{'language':<9} {'model':<6} {'i2t R@1':>12} {'R@5':>6} {'R@10':>6} {'t2i R@1':>12} {'R@5':>6} "
+             f"{'R@10':>6} {'n':>5}"]
+    for language, models in languages.items():
+        for kind, m in models.items():
+            label = "FLAME" if kind == "flame" else "CLIP"
+            lines.append(f"{language:<9} {label:<6} {_r(m, 'image_to_text_R@1'):>12} {m['image_to_text_R@5']:>6.1f} "
+                         f"{m['image_to_text_R@10']:>6.1f} {_r(m, 'text_to_image_R@1'):>12} "
+                         f"{m['text_to_image_R@5']:>6.1f} {m['text_to_image_R@10']:>6.1f} {m['num_images']:>5}")
+    return lines
+
+
 EPILOG = """\
 examples:
   frozenvl compare                                          # the default scale (CPU, about 20 minutes)
   frozenvl compare n_pairs=500 n_eval=100 steps=100         # quicker
   frozenvl compare --config my_comparison.yaml loss=infonce  # a YAML file of ComparisonConfig fields, then overrides
+  frozenvl compare languages=[en,fr,es,de]                  # retrieval per caption language (trained on English)
+  frozenvl compare prompt_sets=[raw,short,long]             # number of prompts: FLAME per set, chosen on validation
 
 Rerunning with the same out reuses the world and the embedding store (the store resumes if it was interrupted).
 """
