@@ -73,7 +73,8 @@ def test_cli_print_config_and_error_exit(tmp_path, world, capsys):
 def test_printed_config_loads_back_to_the_same_config(tmp_path, world, capsys):
     path = write_config(tmp_path / "c.yaml", tiny_tree(world, tmp_path / "run"))
     overrides = ["model.flamingo.cross_attn_every=1", "model.flame.vision.patch_size=4",
-                 "model.clip_baseline.tokenizer.max_length=32", "data.datasets.pairs.weight=0.5", "optim.grad_clip=null"]
+                 "model.clip_baseline.tokenizer.max_length=32", "data.datasets.pairs.weight=0.5",
+                 "optim.grad_clip=null"]
     config = load_config(path, overrides)
     (tmp_path / "dumped.yaml").write_text(dump_config(config))
     assert load_config(tmp_path / "dumped.yaml") == config
