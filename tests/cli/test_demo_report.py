@@ -46,3 +46,17 @@ def test_report_and_results_carry_n_intervals_and_threads(tmp_path):
     assert results["fewshot"]["synth_icl_words"]["4"]["score"]["ci95"] == 6.8
     assert {"right", "shuffled", "zero", "samples"} <= set(results["image_reliance"])
     assert results["threads"].startswith("1 torch thread")
+
+
+def test_image_reliance_stage_batches_held_out_pairs_through_the_runs_feature_cache(tmp_path):
+    from frozenvl.data import WorldConfig, generate_world
+    from frozenvl.testing import tiny_flamingo
+
+    world = tmp_path / "world"
+    generate_world(world, WorldConfig(n_pairs=40, n_interleaved=2, n_video=2, image_size=32, shard_size=20, frames=2,
+                                      splits=("pairs",)), progress=False, log=None)
+    model, processor = tiny_flamingo(open_gates=True)
+    result = demo.stage_image_reliance(tmp_path, world, lambda: (model, processor), n=10, batch_size=4)
+    assert result["samples"] == 10 and result["gain_ci95"] is not None  # batches of 4, 4 and 2
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) >= 10  # right and blank frames stored
+    assert json.loads((tmp_path / "fewshot" / "image_reliance.json").read_text()) == result

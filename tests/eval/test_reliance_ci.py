@@ -48,3 +48,20 @@ def test_gain_has_an_interval_and_the_json_keeps_its_keys():
     assert r.gain != 0.0 and r.gain_ci95 is not None and r.gain_ci95 > 0
     d = r.as_dict()
     assert {"right", "shuffled", "zero", "samples", "gain", "gain_ci95"} <= set(d) and d["samples"] == 8
+
+
+def test_a_feature_cache_gives_the_same_figures_without_the_encoder(tmp_path):
+    from frozenvl.flamingo.feature_cache import FeatureCache
+
+    model, processor = tiny_flamingo(open_gates=True)
+    batches = [_batch(processor, 4, s) for s in (0, 4)]
+    plain = image_reliance(model, batches)
+    cache = FeatureCache(tmp_path, model.vision)
+    first = image_reliance(model, batches, feature_cache=cache)
+    calls = [0]
+    model.vision.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    second = image_reliance(model, batches, feature_cache=cache)
+    assert calls[0] == 0 and second == first  # all read back: the same numbers, no encoder call
+    for name in ("right", "shuffled", "zero"):  # fp16-rounded features: the same losses up to rounding
+        assert getattr(first, name) == pytest.approx(getattr(plain, name), rel=1e-4), name
+    assert first.gain == pytest.approx(plain.gain, abs=1e-4)

@@ -180,6 +180,7 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
     rolled within each), with a 95 % interval of the gain: does the trained Flamingo look?"""
     from frozenvl.data import LoaderConfig, ShardDataset
     from frozenvl.eval.reliance import image_reliance
+    from frozenvl.flamingo.feature_cache import FeatureCache
     from frozenvl.tasks import FlamingoCollator
 
     path = out / "fewshot" / "image_reliance.json"
@@ -192,7 +193,8 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
     collate = FlamingoCollator(processor)
     batches = [collate(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)
                if len(samples[i:i + batch_size]) >= 2]
-    result = image_reliance(model, batches).as_dict()
+    cache = FeatureCache(out / "features", model.vision)  # the training run's cache: its held-out pairs are there
+    result = image_reliance(model, batches, feature_cache=cache).as_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     _say(f"[3/5] image reliance: held-out pair loss {result['right']:.3f} with the right images, "

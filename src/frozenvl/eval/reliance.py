@@ -65,12 +65,14 @@ def _bootstrap_half_width(right: np.ndarray, shuffled: np.ndarray, tokens: np.nd
 
 
 @torch.no_grad()
-def image_reliance(model: Any, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> ImageReliance:
+def image_reliance(model: Any, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                   feature_cache: Any = None) -> ImageReliance:
     """``batch``: a collated Flamingo batch (``input_ids``, ``attention_mask``, and ``pixel_values`` or
     precomputed visual tokens ``media``) of at least two samples, e.g. ``FlamingoCollator(processor)(samples)``, or a
     list of such batches (images rolled within each). The losses are token-weighted means over every sample;
     ``gain_ci95`` is the half-width of a 95 % percentile-bootstrap interval of the gain (2000 resamples of the
-    samples, fixed seed)."""
+    samples, fixed seed). ``feature_cache``: a :class:`~frozenvl.flamingo.feature_cache.FeatureCache` of the model's
+    frozen encoder, to feed the resampler its stored features (``vision_features``) instead of encoding pixels."""
     batches = [batch] if isinstance(batch, Mapping) else list(batch)
     device = next(model.parameters()).device
     sums: dict[str, list[torch.Tensor]] = {"right": [], "shuffled": [], "zero": []}
@@ -85,12 +87,16 @@ def image_reliance(model: Any, batch: Mapping[str, Any] | Sequence[Mapping[str, 
                 raise ValueError("image_reliance needs batches of at least 2 samples with images")
             ids = b["input_ids"].to(device)  # (B, L)
             mask = b["attention_mask"].to(device)  # (B, L)
+            frame_mask = b.get("frame_mask") if key == "pixel_values" else None
+            if feature_cache is not None and key == "pixel_values":  # (B, T_img, F, N, D) encoder outputs
+                visual, key = feature_cache.encode(visual, frame_mask), "vision_features"
+                blank = feature_cache.encode(torch.zeros_like(b["pixel_values"]), frame_mask)
             visual = visual.to(device)  # pixels (B, T_img, [F,] C, H, W) or visual tokens (B, T_img, n, Dv)
-            for name, v in (("right", visual), ("shuffled", visual.roll(1, dims=0)),
-                            ("zero", torch.zeros_like(visual))):
+            zero = blank.to(device) if key == "vision_features" else torch.zeros_like(visual)
+            for name, v in (("right", visual), ("shuffled", visual.roll(1, dims=0)), ("zero", zero)):
                 extra = {key: v}
-                if b.get("frame_mask") is not None and key == "pixel_values":
-                    fm = b["frame_mask"].to(device)
+                if frame_mask is not None:
+                    fm = frame_mask.to(device)
                     extra["frame_mask"] = fm.roll(1, dims=0) if name == "shuffled" else fm
                 nll, count = _row_nll(model, ids, mask, extra)
                 sums[name].append(nll)
