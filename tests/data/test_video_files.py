@@ -199,8 +199,8 @@ def test_evaluation_on_video_files_equals_evaluation_on_their_frames(tmp_path):
     files, folders = tmp_path / "files", tmp_path / "folders"
     files.mkdir()
     rows = []
-    # At least 4 s each: 4 frames or more at 1 FPS, capped at the model's 4, since few-shot scoring stacks the
-    # media of a batch and of a prompt with one frame count.
+    # 5 or 6 frames at 1 FPS, capped at the model's 4 spread over the clip (the file by the scorer, the folder by
+    # the reader's max_frames): the same 4 frames.
     for i, seconds in enumerate((4.2, 5.5, 5.9, 4.6)):
         clip = write_clip(files / f"v{i}.mp4", seconds=seconds, rate=5)
         (folders / f"v{i}").mkdir(parents=True)
@@ -217,6 +217,41 @@ def test_evaluation_on_video_files_equals_evaluation_on_their_frames(tmp_path):
                                 EvalConfig(shots=(0, 2), batch_size=2), progress=False).results.to_dict())
     assert [len(r["predictions"]) for r in outputs[0]["runs"]] == [4, 4]
     assert outputs[0] == outputs[1]
+
+
+def test_evaluation_on_clips_of_different_lengths(tmp_path):
+    """Real clips differ in length, so at 1 FPS their frame counts differ (here 2, 3, 4 and 5 -> 4): the scorer
+    stacks them with a frame mask. A query's prediction does not depend on which other queries share its batch
+    (batch 4 == batch 1), the prefix-cached path agrees with the full prompt, and files equal their frames."""
+    from frozenvl.eval import get_task
+    from frozenvl.eval.harness import EvalConfig, TaskData, evaluate
+    from frozenvl.eval.records import read_video_qa
+    from frozenvl.testing import tiny_flamingo
+
+    files, folders = tmp_path / "files", tmp_path / "folders"
+    files.mkdir()
+    rows = []
+    for i, seconds in enumerate((1.5, 2.2, 3.5, 4.6)):
+        clip = write_clip(files / f"v{i}.mp4", seconds=seconds, rate=5)
+        (folders / f"v{i}").mkdir(parents=True)
+        for k, frame in enumerate(read_video_frames(clip, max_frames=4)):
+            frame.save(folders / f"v{i}" / f"{k:03d}.png")
+        rows.append({"video_id": f"v{i}", "question": "how many colours?", "answer": str(int(seconds) + 1)})
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps(rows))
+    model, processor = tiny_flamingo("gpt2", seed=3, open_gates=True)  # max_frames=4
+
+    def run(task, reader, root, **config):
+        records = reader(root, annotations)
+        config = {"shots": (0, 2), "batch_size": 4, **config}
+        return evaluate(model, processor, get_task(task), TaskData(records, records), EvalConfig(**config),
+                        progress=False).results.to_dict()["runs"]
+
+    qa = run("msvd_qa", read_video_qa, files)
+    assert [len(r["predictions"]) for r in qa] == [4, 4]
+    assert qa == run("msvd_qa", read_video_qa, files, batch_size=1)
+    assert qa == run("msvd_qa", read_video_qa, files, prefix_cache=False)
+    assert qa == run("msvd_qa", read_video_qa, folders)
 
 
 # ------------------------------------------------------------------------------------------ converter

@@ -93,13 +93,14 @@ class FewShotScorer:
             raise ValueError(f"candidate {candidate!r} contains {IMAGE_TOKEN}")
         return list(ids)
 
-    def _pixels(self, rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor | None:
-        """Per-row media -> (B, T_img, F, C, H, W) on the model's device, zero media as padding."""
+    def _pixels(self, rows: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-row media -> pixels (B, T_img, F, C, H, W) on the model's device, zero media as padding, and the
+        frame mask (B, T_img, F) when media of different frame counts mix (videos of different lengths at 1 FPS,
+        images beside videos): the model encodes only the real frames."""
         pixels, frame_mask = stack_media(rows)
-        if frame_mask is not None:
-            raise ValueError("few-shot scoring needs the same number of frames for every medium of a batch "
-                             "(images count as 1 frame; sample videos to a fixed frame count)")
-        return None if pixels is None else pixels.to(self.device)
+        if pixels is None:
+            return None, None
+        return pixels.to(self.device), None if frame_mask is None else frame_mask.to(self.device)
 
     # --------------------------------------------------------------------------------------------- prefix
     @torch.no_grad()
@@ -109,7 +110,8 @@ class FewShotScorer:
         if not piece.ids:
             return Prefix(ids=[], media=[])
         ids = torch.tensor([piece.ids], device=self.device)
-        out = self.model(ids, torch.ones_like(ids), self._pixels([piece.media]), use_cache=True, logits_to_keep=1)
+        pixels, frame_mask = self._pixels([piece.media])
+        out = self.model(ids, torch.ones_like(ids), pixels, use_cache=True, logits_to_keep=1, frame_mask=frame_mask)
         return Prefix(ids=piece.ids, media=piece.media, cache=out.cache)
 
     # ---------------------------------------------------------------------------------------- close-ended
@@ -144,12 +146,12 @@ class FewShotScorer:
             return []
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
         ids, mask = pad_sequences([p.ids for p in pieces], self.model.pad_token_id, "left", device=self.device)
-        pixels = self._pixels([p.media for p in pieces])
+        pixels, frame_mask = self._pixels([p.media for p in pieces])
         if prefix.cache is None:  # no demonstrations: the padding is already before each whole prompt
-            out = self.model(ids, mask, pixels, use_cache=True, logits_to_keep=1)
+            out = self.model(ids, mask, pixels, use_cache=True, logits_to_keep=1, frame_mask=frame_mask)
             query_cache, next_logits = out.cache, out.logits[:, -1]  # (Q, V)
         else:
-            media = None if pixels is None else self.model.encode_media(pixels)
+            media = None if pixels is None else self.model.encode_media(pixels, frame_mask)
             query_cache, next_logits = continue_prefix(self.model, ids, mask, media, prefix.expanded(len(pieces)))
         all_ids = [[self._candidate_ids(c) for c in row] for row in candidates]
         pairs = [(q, c) for q, row in enumerate(all_ids) for c in range(len(row))]
@@ -178,12 +180,13 @@ class FewShotScorer:
         """Reference: one full forward (text and images) per candidate."""
         ctx = self._piece(context, context_media, first=True)
         qry = self._piece(query, query_media, first=False)
-        pixels = self._pixels([ctx.media + qry.media])
+        pixels, frame_mask = self._pixels([ctx.media + qry.media])
         scores = []
         for candidate in candidates:
             cand = self._candidate_ids(candidate)
             ids = torch.tensor([ctx.ids + qry.ids + cand], device=self.device)
-            logits = self.model(ids, torch.ones_like(ids), pixels, logits_to_keep=len(cand) + 1).logits[:, :-1]
+            logits = self.model(ids, torch.ones_like(ids), pixels, logits_to_keep=len(cand) + 1,
+                                frame_mask=frame_mask).logits[:, :-1]
             target = torch.tensor([cand], device=self.device)
             token_logp = F.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
             scores += self._reduce(token_logp, torch.ones_like(token_logp), length_normalize).tolist()
@@ -205,9 +208,9 @@ class FewShotScorer:
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
         # Left padding; generate moves each row's padding before the prefix (exact for ALiBi and sliding windows).
         ids, mask = pad_sequences([p.ids for p in pieces], self.model.pad_token_id, "left", device=self.device)
-        pixels = self._pixels([p.media for p in pieces])
+        pixels, frame_mask = self._pixels([p.media for p in pieces])
         seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        use_cache=True, cache=prefix.expanded(len(pieces)))
+                        use_cache=True, cache=prefix.expanded(len(pieces)), frame_mask=frame_mask)
         return self._decode(seqs, ids.shape[1])
 
     @torch.no_grad()
@@ -219,9 +222,9 @@ class FewShotScorer:
         pieces = [self._piece(q, m, first=False) for q, m in zip(queries, queries_media)]
         ids, mask = pad_sequences([ctx.ids + p.ids for p in pieces], self.model.pad_token_id, "left",
                                   device=self.device)
-        pixels = self._pixels([ctx.media + p.media for p in pieces])
+        pixels, frame_mask = self._pixels([ctx.media + p.media for p in pieces])
         seqs = generate(self.model, ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        use_cache=True)
+                        use_cache=True, frame_mask=frame_mask)
         return self._decode(seqs, ids.shape[1])
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
