@@ -29,13 +29,31 @@ def test_store_roundtrip_and_join(tmp_path, encoder):
     assert report.written == 12 and len(report.shards) == 3
     store = EmbeddingStore(tmp_path / "s")
     assert len(store) == 12 and store.meta["num_facets"] == 3 and store.meta["dim"] == 32
-    assert isinstance(store._arrays[0], np.memmap) and store["k000"].dtype == np.float16
+    assert isinstance(store._shard(0), np.memmap) and store["k000"].dtype == np.float16
     expected = torch.nn.functional.normalize(encoder.encode([RECORDS[7][1]]), dim=-1)[0]
     assert torch.allclose(store.get_batch(["k007"])[0], expected, atol=2e-3)
     samples = [{"__key__": "k007", "jpg": b"x"}, {"__key__": "nope"}, {"__key__": "k001"}]
     joined = list(store.join(samples))
     assert [s["__key__"] for s in joined] == ["k007", "k001"] and store.missing == 1
     assert joined[0]["text_embeddings"].shape == (3, 32) and joined[0]["jpg"] == b"x"
+
+
+def test_many_small_shards_keep_few_files_open(tmp_path, encoder):
+    """One shard per commit: a reader keeps at most max_open memory maps (file descriptors) open at once."""
+    embed_to_store(RECORDS, encoder, tmp_path / "s", batch_size=2, commit_every=2, progress=False)
+    everything = EmbeddingStore(tmp_path / "s")
+    keys = everything.keys()
+    assert len(keys) == 12 and len(everything._files) == 6
+    bounded = EmbeddingStore(tmp_path / "s", max_open=2)
+    for order in (keys, keys[::-1], keys[::3] + keys):
+        assert torch.equal(bounded.get_batch(order), everything.get_batch(order))
+        assert len(bounded._open) <= 2
+    held = bounded["k000"]  # a row returned before its shard is closed stays readable
+    bounded.get_batch(keys[::-1])
+    assert np.array_equal(held, everything["k000"])
+    (tmp_path / "s" / "shard-00003.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        EmbeddingStore(tmp_path / "s")
 
 
 def test_killed_run_resumes_to_identical_store(tmp_path, encoder, monkeypatch):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,17 +283,30 @@ def embed_to_store(
     return report
 
 
-class EmbeddingStore:
-    """Read-only, memory-mapped view of a store: ``store[key] -> (K, D) float16``."""
+MAX_OPEN_SHARDS = 256  # memory maps a reader keeps open at once (each holds a file descriptor)
 
-    def __init__(self, root: str | os.PathLike):
+
+class EmbeddingStore:
+    """Read-only, memory-mapped view of a store: ``store[key] -> (K, D) float16``.
+
+    Shards are memory-mapped when first read and at most ``max_open`` stay open (least recently used closed
+    first), so a store of many small shards (one per commit) never runs out of file descriptors."""
+
+    def __init__(self, root: str | os.PathLike, max_open: int = MAX_OPEN_SHARDS):
         self.root = Path(root)
         if not (self.root / META_FILE).exists():
             raise FileNotFoundError(f"{self.root} is not a FLAME embedding store (no {META_FILE})")
         self.meta = _read_json(self.root / META_FILE)
         manifest = self.root / MANIFEST_FILE
         shards = _read_json(manifest)["shards"] if manifest.exists() else []
-        self._arrays = [np.load(self.root / f"{s['name']}.npy", mmap_mode="r") for s in shards]
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = max_open
+        self._files = [self.root / f"{s['name']}.npy" for s in shards]
+        missing = [str(f) for f in self._files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"the embedding store {self.root} lists shards that are missing: {missing[:3]}")
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> memory map, least recent first
         self._index: dict[str, tuple[int, int]] = {}
         self.missing = 0  # samples skipped by the last join()
         for i, s in enumerate(shards):
@@ -310,7 +324,18 @@ class EmbeddingStore:
 
     def __getitem__(self, key: str) -> np.ndarray:
         shard, row = self._index[key]
-        return self._arrays[shard][row]  # (K, D) float16, memory-mapped
+        return self._shard(shard)[row]  # (K, D) float16, memory-mapped
+
+    def _shard(self, i: int) -> np.ndarray:
+        array = self._open.get(i)
+        if array is None:
+            array = np.load(self._files[i], mmap_mode="r")  # (N, K, D)
+            self._open[i] = array
+            if len(self._open) > self.max_open:
+                self._open.popitem(last=False)  # rows already returned keep their own reference
+        else:
+            self._open.move_to_end(i)
+        return array
 
     def get_batch(self, keys: list[str]) -> torch.Tensor:
         """(N, K, D) float32 tensor for the given keys."""
