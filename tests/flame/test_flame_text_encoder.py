@@ -129,3 +129,15 @@ def test_layer_default_is_penultimate_block_output():
     assert _rel(enc.encode(["a cat"], mode="naive")[0, 0], block_out[0, -1]) <= 1e-6
     with pytest.raises(ValueError, match="layer"):
         FacetTextEncoder(model, tok, "raw", layer=5)
+
+
+def test_prefix_cache_mode_passes_the_cache_under_the_name_the_lm_declares():
+    """transformers 5.24 renamed the LM's ``past_key_values`` to ``cache`` (the old name goes in 5.40): the
+    prefix-cache mode continues its cache under the current name."""
+    model, tok = tiny_lm("llama"), tiny_tokenizer()
+    enc = FacetTextEncoder(model, tok, "long")
+    names = []
+    enc.base.register_forward_pre_hook(lambda module, args, kwargs: names.append(sorted(kwargs)), with_kwargs=True)
+    enc.encode(CAPTIONS[:2], mode="prefix_cache")
+    continued = [n for n in names if "cache" in n or "past_key_values" in n]
+    assert continued and all("cache" in n and "past_key_values" not in n for n in continued)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from frozenvl.backbones.language import cache_argument, output_cache
 from frozenvl.flame.facet_mask import OFFICIAL_BACKENDS, pack_facets, pack_facets_dense, prefix_cache_masks
 from frozenvl.flame.prompts import PromptSet, clean_caption, load_prompt_set
 from frozenvl.tensors import pad_sequences
@@ -181,7 +182,7 @@ class FacetTextEncoder:
 
     def _hidden(self, **inputs) -> tuple[torch.Tensor, object]:
         out = self.base(**inputs, output_hidden_states=True)
-        return out.hidden_states[self.layer], getattr(out, "past_key_values", None)  # (B, L, D)
+        return out.hidden_states[self.layer], output_cache(out)  # (B, L, D)
 
     def _encode_fda(self, prefixes: list[list[int]]) -> torch.Tensor:
         packed = pack_facets(prefixes, self._segments, self.pad_id, self.dtype, self.padding_side,
@@ -214,7 +215,8 @@ class FacetTextEncoder:
         offsets = torch.tensor(p_lens).repeat_interleave(n_facets)[:, None]  # (B*K, 1)
         s_pos = offsets + (s_real.cumsum(1) - 1).clamp(min=0)  # (B*K, S)
         hidden, _ = self._hidden(input_ids=s_ids.to(self.device), attention_mask=seg_mask.to(self.device),
-                                 position_ids=s_pos.to(self.device), past_key_values=cache, use_cache=True)
+                                 position_ids=s_pos.to(self.device), use_cache=True,
+                                 **{cache_argument(self.base): cache})
         last = s_real.shape[1] - 1 if self.padding_side == "left" else s_real.sum(1) - 1  # (B*K,)
         rows = torch.arange(batch * n_facets)
         last = torch.as_tensor(last).expand(batch * n_facets)
