@@ -6,6 +6,11 @@ an order fixed by (seed, epoch). A stream is deterministic, so a position is jus
 stream were consumed": `StreamingLoader.state_dict()` stores that, and a resumed loader skips exactly those
 without decoding them and yields exactly the remaining samples of the epoch.
 
+With workers, the torch DataLoader hands out whole batches of one worker at a time, taking the workers in turn
+(0, 1, ..., 0, 1, ...; a finished one drops out). A fresh DataLoader always starts that turn at worker 0, so the
+state also keeps the stream of the last batch handed out, and a resumed loader lets DataLoader worker w read
+stream (last + 1 + w) mod workers: the turn continues where it stopped and the order is the uninterrupted one.
+
 `StreamingLoader` wraps a torch DataLoader: it batches with your collate function, tracks the position from the
 batches it hands out, and gathers the skip counters of the workers (`loader.skips`).
 """
@@ -75,6 +80,7 @@ class LoaderConfig(Config):
 class _Position:
     epoch: int = 0
     consumed: dict[int, int] = field(default_factory=dict)  # stream -> raw samples consumed this epoch
+    last_stream: int | None = None  # stream of the last DataLoader batch received (the workers' turn)
 
 
 class ShardDataset(IterableDataset):
@@ -102,6 +108,7 @@ class ShardDataset(IterableDataset):
         self.epoch = 0
         self.resume: dict[int, int] = {}  # stream -> raw samples to skip (set by StreamingLoader on resume)
         self.track_position = False  # StreamingLoader: samples carry their stream position, streams end markers
+        self.worker_offset = 0  # DataLoader worker w reads stream (w + worker_offset) % workers (set on resume)
         self.skips = SkipCounter()  # of the last iteration in this process
 
     def set_epoch(self, epoch: int) -> None:
@@ -215,6 +222,7 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self.worker_offset) % n_workers
         stream, n_streams = self.rank * n_workers + worker, self.world_size * n_workers
         skips = SkipCounter()
         start = self.resume.get(stream, 0)
@@ -263,7 +271,9 @@ class _CollateWithPosition:
             if not it.get("__end__"):
                 real.append({k: v for k, v in it.items() if k not in ("__stream__", "__index__", "__skips__")})
         keep = bool(real) and not (self.drop_last and len(real) < self.batch_size)
-        return {"batch": self.collate_fn(real) if keep else None, "positions": positions, "skips": skips}
+        # A DataLoader batch holds the items of one worker, hence of one stream.
+        return {"batch": self.collate_fn(real) if keep else None, "positions": positions, "skips": skips,
+                "stream": items[-1]["__stream__"]}
 
 
 class StreamingLoader:
@@ -308,6 +318,9 @@ class StreamingLoader:
         self.dataset.set_epoch(self._pos.epoch)
         self.dataset.resume = dict(self._pos.consumed)
         self.dataset.track_position = True
+        n_workers = max(1, self.num_workers)
+        last = self._pos.last_stream  # continue the workers' turn after the stream of the last batch
+        self.dataset.worker_offset = 0 if last is None else (last - self.dataset.rank * n_workers + 1) % n_workers
         loader = DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate,
                             num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
                             timeout=self.timeout, pin_memory=self.pin_memory, drop_last=False)
@@ -315,6 +328,7 @@ class StreamingLoader:
             for stream, pos in item["positions"].items():
                 self._pos.consumed[stream] = max(self._pos.consumed.get(stream, 0), pos)
             self._skips_live.update(item["skips"])
+            self._pos.last_stream = item["stream"]
             if item["batch"] is not None:
                 yield item["batch"]
         # The epoch is complete: the next iteration starts the next one.
@@ -322,9 +336,11 @@ class StreamingLoader:
         self._skips_live = {}
         self._pos = _Position(epoch=self._pos.epoch + 1)
         self.dataset.resume = {}
+        self.dataset.worker_offset = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self._pos.epoch, "consumed": {str(k): v for k, v in self._pos.consumed.items()},
+                "last_stream": self._pos.last_stream,
                 "n_streams": self.dataset.world_size * max(1, self.num_workers),
                 "seed": self.dataset.config.seed, "shards": len(self.dataset.shards),
                 "skips": self.skips.as_dict(), "config": asdict(self.dataset.config)}
@@ -336,7 +352,9 @@ class StreamingLoader:
             if state[name] != mine:
                 raise ValueError(f"cannot resume the data position: saved {name}={state[name]}, now {mine} "
                                  "(world_size x num_workers, seed and shard list must match the saved run)")
+        last = state.get("last_stream")  # absent in states saved before it was kept: the turn restarts at 0
         self._pos = _Position(epoch=int(state["epoch"]), consumed={int(k): int(v)
-                                                                     for k, v in state["consumed"].items()})
+                                                                     for k, v in state["consumed"].items()},
+                              last_stream=None if last is None else int(last))
         self._skips_base = SkipCounter(state.get("skips", {}))
         self._skips_live = {}
