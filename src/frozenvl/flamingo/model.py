@@ -280,8 +280,11 @@ class Flamingo(PretrainedModel, nn.Module):
         return {n: t for n, t in tensors.items() if not n.endswith(("attn_gate.alpha", "ff_gate.alpha"))}
 
     @staticmethod
-    def _load_named(own: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+    def _load_named(own: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], strict: bool = True,
+                    optional: dict[str, nn.Parameter] | None = None) -> None:
+        """Copy ``tensors`` into ``own`` (all of them expected) and ``optional`` (loaded when present)."""
         missing = sorted(set(own) - set(tensors))
+        own = {**(optional or {}), **own}
         unexpected = sorted(set(tensors) - set(own))
         if strict and (missing or unexpected):
             raise KeyError(f"checkpoint does not match the model: missing {missing[:10]}"
@@ -296,7 +299,9 @@ class Flamingo(PretrainedModel, nn.Module):
                     own[name].copy_(tensor)
 
     # The save/load contract (frozenvl.pretrained): the trainable tensors are saved, the backbones are referenced
-    # by source in the config. With ``config.save_lm_embeddings`` the LM's base embedding rows are saved too.
+    # by source in the config. With ``config.save_lm_embeddings`` the LM's base embedding rows are saved too. A
+    # backbone that trained (a run's ``model.train_lm`` / ``train_vision``) saved its weights with the trainable
+    # ones: loading puts them over the weights of its source.
     def _saved_frozen(self) -> dict[str, nn.Parameter]:
         """The frozen LM tensors ``config.save_lm_embeddings`` saves: the base rows of the input embedding and of
         an untied output head (trained outside frozenvl, e.g. by OpenFlamingo, so the LM's source lacks them)."""
@@ -309,8 +314,12 @@ class Flamingo(PretrainedModel, nn.Module):
         return {**self.trainable_state_dict(), **{n: p.detach() for n, p in self._saved_frozen().items()}}
 
     def load_saved_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        self._load_named({**own, **self._saved_frozen()}, self._without_legacy_gates(tensors))
+        """Load what :meth:`saved_state_dict` gave: every trainable tensor (and ``save_lm_embeddings``' rows) must
+        be there; a frozen backbone parameter that is there too was trained (``train_lm``) and is loaded; a name
+        that is no parameter of this model is an error."""
+        params = dict(self.named_parameters())
+        own = {n: p for n, p in params.items() if p.requires_grad}
+        self._load_named({**own, **self._saved_frozen()}, self._without_legacy_gates(tensors), optional=params)
 
     @classmethod
     def from_config(cls, config: FlamingoConfig, lm=None, tokenizer=None, vision=None, *,
