@@ -6,7 +6,8 @@ off / on and fp32 / bf16 autocast, and their combination. The variants run inter
 starting with the next variant), in one process on one model, so that a change of machine load hits them alike;
 each new trainer starts the same data from the start (its first step, loader start-up, is not timed). "cache warm"
 is the steady state of later epochs and runs (every frame read from the cache); "cache cold" is a first epoch
-(every frame encoded and written). Threads: the command line's policy (``frozenvl.cli.threads``), printed.
+(every frame encoded and written). Threads: the command line's policy (``frozenvl.cli.threads``), printed;
+``--default-threads`` adds fp32 without cache at torch's default (one thread per core, what ran before the policy).
 
     python benchmarks/train_step.py [--world DIR] [--rounds 2] [--steps 3]   # ends with a "headline:" line
 
@@ -104,6 +105,7 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
     return sum(rates) / len(rates)
 
 
+DEFAULT_THREADS = "fp32, torch's threads"
 DEMO_VARIANTS = {  # name: (feature cache: None | "warm" | "cold", precision)
     "fp32": (None, "fp32"),
     "bf16": (None, "bf16"),
@@ -113,14 +115,17 @@ DEMO_VARIANTS = {  # name: (feature cache: None | "warm" | "cold", precision)
 }
 
 
-def demo_speed(world: Path, root: Path, rounds: int, steps: int) -> dict[str, float]:
-    """Samples/s of each DEMO_VARIANTS entry on the demo's run config (``world``: a synthetic world)."""
+def demo_speed(world: Path, root: Path, rounds: int, steps: int, default_threads: bool = False) -> dict[str, float]:
+    """Samples/s of each DEMO_VARIANTS entry on the demo's run config (``world``: a synthetic world); with
+    ``default_threads`` also fp32 without cache at torch's default thread count (one per core, what ran before the
+    thread policy), the other variants keeping the policy's threads."""
     import copy
 
     import torch
     import yaml
 
     from frozenvl.cli.demo import FULL, flamingo_run_config
+    from frozenvl.cli.threads import usable_cores
     from frozenvl.config import from_dict
     from frozenvl.flamingo.feature_cache import FeatureCache
     from frozenvl.tasks import ModelConfig, build_task
@@ -154,10 +159,17 @@ def demo_speed(world: Path, root: Path, rounds: int, steps: int) -> dict[str, fl
     for _ in range(steps + 1):
         trainer.train_step()
     trainer.close()
-    names = list(DEMO_VARIANTS)
+    variants = dict(DEMO_VARIANTS)
+    if default_threads:
+        variants[DEFAULT_THREADS] = (None, "fp32")
+    samples.update({name: 0.0 for name in variants})
+    seconds.update({name: 0.0 for name in variants})
+    policy, cores = torch.get_num_threads(), usable_cores()
+    names = list(variants)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts with another variant
-            cache, precision = DEMO_VARIANTS[name]
+            cache, precision = variants[name]
+            torch.set_num_threads(cores if name == DEFAULT_THREADS else policy)
             task.feature_cache = {None: None, "warm": warm}.get(cache) if cache != "cold" else FeatureCache(
                 root / f"features-cold-{r}", task.model.vision)
             trainer = trainer_for(precision)
@@ -173,10 +185,11 @@ def demo_speed(world: Path, root: Path, rounds: int, steps: int) -> dict[str, fl
                   flush=True)
     print(f"  warm cache: {warm.stats.hits} frames read, {warm.stats.misses} encoded (all in the filling pass: "
           f"{(steps + 1)} steps)")
-    return {name: samples[name] / seconds[name] for name in DEMO_VARIANTS}
+    torch.set_num_threads(policy)
+    return {name: samples[name] / seconds[name] for name in variants}
 
 
-def main_demo(world: str | None, rounds: int, steps: int) -> None:
+def main_demo(world: str | None, rounds: int, steps: int, default_threads: bool = False) -> None:
     from frozenvl.cli.threads import apply_thread_policy
 
     choice = apply_thread_policy()
@@ -192,10 +205,14 @@ def main_demo(world: str | None, rounds: int, steps: int) -> None:
         else:
             world_path = Path(world)
         print(f"demo configuration, {rounds} round(s) x {steps} timed steps per variant, interleaved")
-        rates = demo_speed(world_path, root, rounds, steps)
+        rates = demo_speed(world_path, root, rounds, steps, default_threads)
     base = rates["fp32"]
     for name, rate in rates.items():
         print(f"{name:18s} {rate:6.2f} samples/s  {rate / base:5.2f}x")
+    if DEFAULT_THREADS in rates:
+        print(f"thread policy ({choice.threads}) vs torch's default ({choice.cores}), fp32 without cache: "
+              f"{base / rates[DEFAULT_THREADS]:.2f}x; everything vs the old default step: "
+              f"{rates['cache warm, bf16'] / rates[DEFAULT_THREADS]:.2f}x")
     print(f"headline: samples/s, feature cache (warm) + bf16 vs neither = {rates['cache warm, bf16'] / base:.2f}x")
 
 
@@ -211,9 +228,11 @@ def main() -> None:
     parser.add_argument("--world", help="a synthetic world folder (default: a small one in a temporary folder)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
+    parser.add_argument("--default-threads", action="store_true",
+                        help="also time fp32 without cache at torch's default threads (one per core)")
     args = parser.parse_args()
     if not args.lora_table:
-        main_demo(args.world, args.rounds, args.steps)
+        main_demo(args.world, args.rounds, args.steps, args.default_threads)
         return
     print(f"model: {args.model}; {STEPS - WARMUP} timed steps of batch {BATCH} after {WARMUP} warm-up steps")
     results = {}
