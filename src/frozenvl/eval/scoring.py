@@ -20,6 +20,7 @@ without, and the uncached sequence is their concatenation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,7 @@ class FewShotScorer:
         else:
             media = None if pixels is None else self.model.encode_media(pixels, frame_mask)
             query_cache, next_logits = continue_prefix(self.model, ids, mask, media, prefix.expanded(len(pieces)))
+        query_cache = self._query_image_only(query_cache)
         all_ids = [[self._candidate_ids(c) for c in row] for row in candidates]
         pairs = [(q, c) for q, row in enumerate(all_ids) for c in range(len(row))]
         pairs.sort(key=lambda pair: len(all_ids[pair[0]][pair[1]]))  # similar lengths: little padding
@@ -172,6 +174,27 @@ class FewShotScorer:
             for (q, c), value in zip(rows, self._reduce(token_logp, target_mask.float(), length_normalize).tolist()):
                 scores[q][c] = value
         return scores
+
+    def _query_image_only(self, cache: Any) -> Any:
+        """With ``only_attend_immediate``, a token that brings no image sees only the last image of its row: a view
+        of ``cache`` that holds only that image (its visual tokens, document and cross-attention keys/values,
+        numbered image 1), so each (query, candidate) row copies one image's keys/values instead of all of them.
+        The LM cache is shared with ``cache``: the result is only selected from, never continued."""
+        media = cache.media
+        if (not getattr(self.model.config, "only_attend_immediate", False) or media is None or media.shape[1] <= 1
+                or not bool((cache.last_time >= 1).all())):
+            return cache
+        B, n = media.shape[0], media.shape[2]
+        last = cache.last_time - 1  # (B,) each row's last image
+        tokens = last.unsqueeze(1) * n + torch.arange(n, device=last.device)  # (B, n) its visual tokens
+
+        def keep(t: torch.Tensor) -> torch.Tensor:  # (B, H, T_img*n, d) -> (B, H, n, d)
+            return t.gather(2, tokens[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+
+        return dataclasses.replace(
+            cache, media=media[torch.arange(B, device=last.device), last].unsqueeze(1),  # (B, 1, n, Dv)
+            media_docs=cache.media_docs.gather(1, last.unsqueeze(1)), last_time=torch.ones_like(cache.last_time),
+            xattn_kv={i: (keep(k), keep(v)) for i, (k, v) in cache.xattn_kv.items()})
 
     @torch.no_grad()
     def score_candidates_uncached(self, context: str, context_media: Sequence[Any], query: str,
