@@ -109,3 +109,17 @@ def test_number_of_prompts_table_and_choice_on_validation(compared):
 def test_bad_options_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         ComparisonConfig.from_dict(override)
+
+
+def test_a_world_without_the_validation_split_is_reused_unless_prompt_sets_need_it(tmp_path):
+    from frozenvl.cli.compare import prepare_world
+    from frozenvl.data.synth import WorldConfig, generate_world
+
+    world = tmp_path / "w"
+    generate_world(world, WorldConfig(seed=0, image_size=32, n_pairs=8, n_eval=4, shard_size=500,
+                                      splits=("pairs", "classification", "heldout", "retrieval")),
+                   progress=False, log=None)
+    config = ComparisonConfig(out=str(tmp_path / "o"), world=str(world), n_pairs=8, n_eval=4, image_size=32)
+    assert prepare_world(config) == world and not list(world.glob("eval/retrieval_val-*"))
+    with pytest.raises(ValueError, match="other settings"):
+        prepare_world(ComparisonConfig.from_dict({**config.to_dict(), "prompt_sets": ["raw", "short"]}))

@@ -109,11 +109,12 @@ def prepare_world(config: ComparisonConfig) -> Path:
     wanted = WorldConfig(seed=config.seed, image_size=config.image_size, n_pairs=config.n_pairs,
                          n_eval=config.n_eval, shard_size=500, splits=("pairs", *EVAL_SPLITS))
     meta_path = world / "world.json"
+    needed = set(EVAL_SPLITS) - (set() if config.prompt_sets else {"retrieval_val"})  # validation: prompt_sets
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         same = {k: meta["config"].get(k) for k in ("seed", "image_size", "n_pairs", "n_eval")}
         if same == {"seed": wanted.seed, "image_size": wanted.image_size, "n_pairs": wanted.n_pairs,
-                    "n_eval": wanted.n_eval} and set(EVAL_SPLITS) <= set(meta["splits"]) \
+                    "n_eval": wanted.n_eval} and needed <= set(meta["splits"]) \
                 and set(config.languages) <= set(meta.get("caption_languages", ["en"])):
             return world
         if config.world:
