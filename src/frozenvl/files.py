@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def cache_dir(*parts: str) -> Path:
@@ -121,6 +123,22 @@ def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "o
     except OSError as e:
         raise UnwritableOutputError(f"{what} {path} cannot be written: {e.strerror or e}") from None
     return path
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The JSON in ``path``; a path that is no regular file (a folder, a FIFO whose open() would block) or a file
+    that is not UTF-8, not JSON or nested too deeply to parse is one ValueError naming ``what`` and the path."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to read") from None
 
 
 def remove_leftovers(folder: str | os.PathLike, name: str = "*") -> list[Path]:

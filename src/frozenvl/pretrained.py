@@ -37,7 +37,7 @@ import torch
 
 from frozenvl.config import ConfigError, from_dict, to_dict
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
-from frozenvl.files import atomic_path
+from frozenvl.files import atomic_path, read_json
 
 M = TypeVar("M", bound="PretrainedModel")
 
@@ -108,10 +108,15 @@ def write_pretrained(folder: str | os.PathLike, model_type: str, config: Any, te
               metadata={"format": "pt", "frozenvl": model_type})
 
 
+class DamagedModelFileError(ValueError):
+    """A saved model's config.json or weights file that cannot be read (a user error: one line naming it)."""
+
+
 def read_folder(folder: str | os.PathLike,
                 model_types: tuple[str, ...]) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """(model type, config mapping, tensors) of a folder written by :func:`write_pretrained` for one of
     ``model_types``; a missing file or a folder of another model is an error naming the folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -121,14 +126,18 @@ def read_folder(folder: str | os.PathLike,
         raise FileNotFoundError(f"{folder} is not a saved {wanted} model: {' and '.join(missing)} missing "
                                 "(a folder written by save_pretrained or a training checkpoint is needed)")
     try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {e}") from None
+        data = read_json(folder / CONFIG_NAME, "model config")
+    except ValueError as e:  # not UTF-8, not JSON, nested too deeply
+        raise DamagedModelFileError(str(e)) from None
     found = data.pop("model_type", None) if isinstance(data, dict) else None
     if found not in model_types:
         what = f"a {found} model" if found else f"no model_type in {CONFIG_NAME}"
         raise ValueError(f"{folder} holds {what}, not a {wanted} model")
-    return found, data, load_file(str(folder / WEIGHTS_NAME))
+    try:
+        tensors = load_file(str(folder / WEIGHTS_NAME))
+    except SafetensorError as e:  # a truncated or overwritten weights file
+        raise DamagedModelFileError(f"weights file {folder / WEIGHTS_NAME} is corrupt: {e}") from None
+    return found, data, tensors
 
 
 def read_pretrained(folder: str | os.PathLike, model_type: str,

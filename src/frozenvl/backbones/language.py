@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from frozenvl.backbones.embeddings import DecoupledEmbedding, DecoupledLinear
@@ -127,6 +128,11 @@ def load_causal_lm(
         tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise OSError(f"could not load causal LM {source!r}: {e}") from e
+    except RecursionError:  # a config.json nested too deeply to parse
+        raise ValueError(f"could not load causal LM {source!r}: a JSON file in {path} is nested too deeply to "
+                         "read") from None
+    except SafetensorError as e:  # a truncated or overwritten weights file
+        raise ValueError(f"could not load causal LM {source!r}: a weights file in {path} is corrupt: {e}") from None
     return model, tok
 
 

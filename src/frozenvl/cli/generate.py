@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.num_beams < 1 or args.max_frames < 1 or args.max_new_tokens < 1:
         raise CLIError("--num-beams, --max-frames and --max-new-tokens must be >= 1, got "
                        f"{args.num_beams}, {args.max_frames} and {args.max_new_tokens}")
+    if args.repetition_penalty <= 0 or args.no_repeat_ngram_size < 0 or args.min_new_tokens < 0:
+        raise CLIError("--repetition-penalty must be > 0 and --no-repeat-ngram-size, --min-new-tokens >= 0, got "
+                       f"{args.repetition_penalty}, {args.no_repeat_ngram_size} and {args.min_new_tokens}")
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise CLIError(f"--top-p must be in (0, 1] and --temperature > 0, got {args.top_p} and {args.temperature}")
     media = [_load_video(value, args.max_frames, args.video_fps) if kind == "video" else _load_image(value)

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from frozenvl.cli.errors import one_line
+
 EXAMPLES = """\
 examples:
   frozenvl train --config configs/flamingo_tiny_cpu.yaml
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"frozenvl train: config error: {e}", file=sys.stderr)
+        print(f"frozenvl train: config error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(dump_config(config), end="")
@@ -104,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frozenvl train: {e}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as e:
-        print(f"frozenvl train: error: {e}", file=sys.stderr)
+        print(f"frozenvl train: error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions: one line, the last checkpoint stays intact
-        print(f"frozenvl train: error: {e}", file=sys.stderr)
+        print(f"frozenvl train: error: {one_line(e)}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {result.step} steps in {result.seconds / 60:.1f} min, last loss {result.last_loss}, "

@@ -594,7 +594,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, progr
             previous = json.loads(meta_path.read_text(encoding="utf-8"))
             if _same_world(previous["config"], config):
                 kept = {k: v for k, v in previous["splits"].items() if k not in config.splits}
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             pass  # an unreadable world.json: nothing of it is kept
         meta_path.unlink()
     splits: dict[str, Any] = {}
@@ -658,6 +658,8 @@ def world_split_shards(path: str | Path, split: str) -> list[str]:
             splits = json.loads((world / WORLD_FILE).read_text(encoding="utf-8"))["splits"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{world / WORLD_FILE} is not a valid world description: {e}") from None
+        except RecursionError:  # JSON nested too deeply to parse
+            raise ValueError(f"{world / WORLD_FILE} is not a valid world description: nested too deeply") from None
         if split not in splits:
             raise FileNotFoundError(f"{world}: the world has no {split} split ({WORLD_FILE} lists "
                                     f"{', '.join(splits) or 'none'}); generate it with frozenvl data synth "

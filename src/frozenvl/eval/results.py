@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from frozenvl.files import atomic_path, write_text_atomic
+from frozenvl.files import atomic_path, read_json, write_text_atomic
 
 FORMAT_VERSION = 1
 
@@ -166,10 +166,9 @@ class EvalResults:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EvalResults:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not a valid results file: {err}") from None
+        data = read_json(path, "results file")
+        if not isinstance(data, dict):
+            raise ValueError(f"results file {path} is not a JSON object")
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported results format {data.get('format_version')!r}")
         return cls(task=data["task"], config=data.get("config", {}), runs=data.get("runs", []))

@@ -80,11 +80,14 @@ def load_prompt_set(name_or_path: str | Path | PromptSet) -> PromptSet:
         raise FileNotFoundError(
             f"prompt set {spec!r} is neither an official set ({', '.join(OFFICIAL_PROMPT_SETS)}) nor a YAML file"
         )
+    from frozenvl.config import load_yaml
+
+    # load_yaml: one error naming the file for invalid or binary YAML, YAML nested too deeply, a non-mapping
+    data = load_yaml(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"prompt set file {path} is not valid YAML: {e}") from e
-    return prompt_set_from_dict(data, default_name=path.stem)
+        return prompt_set_from_dict(data, default_name=path.stem)
+    except ValueError as e:
+        raise ValueError(f"prompt set file {path}: {e}") from None
 
 
 def clean_caption(caption: str) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frozenvl.files import acquire_folder_lock, atomic_path, remove_leftovers, write_text_atomic
+from frozenvl.files import acquire_folder_lock, atomic_path, read_json, remove_leftovers, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,40 @@ def _write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
-def _read_json(path: Path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _read_json(path: Path, kind: type = dict):
+    """A store file's JSON, of type ``kind``; a damaged file (not UTF-8 or JSON, nested too deeply, of another
+    shape) is one ValueError naming it."""
+    data = read_json(path, "embedding store file")
+    if not isinstance(data, kind):
+        raise ValueError(f"embedding store file {path} is damaged: not a JSON {'object' if kind is dict else 'list'}")
+    return data
+
+
+def _check_shard(path: Path, rows: int) -> None:
+    """A committed shard must be an array of ``rows`` rows: a damaged one (overwritten, cut short) is one error
+    naming it before anything is added to the store (only its header is read)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+        shape = array.shape
+        del array
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"embedding store shard {path} is damaged: {e}") from None
+    if not shape or shape[0] != rows:
+        raise ValueError(f"embedding store shard {path} is damaged: {shape[:1] or 'no'} rows, the manifest lists "
+                         f"{rows}")
+
+
+def _read_manifest(root: Path) -> list[dict]:
+    """The committed shards listed in ``root``'s manifest (none without one); a damaged manifest is one error."""
+    manifest = root / MANIFEST_FILE
+    if not manifest.exists():
+        return []
+    shards = _read_json(manifest).get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                               and isinstance(s.get("rows"), int) for s in shards):
+        raise ValueError(f"embedding store file {manifest} is damaged: 'shards' is not a list of "
+                         '{"name", "rows"} entries')
+    return shards
 
 
 def lm_fingerprint(model: torch.nn.Module) -> str:
@@ -138,11 +169,11 @@ class EmbeddingStoreWriter:
         else:
             _write_json_atomic(meta_path, meta)
             self.meta = meta
-        manifest = self.root / MANIFEST_FILE
-        self.shards: list[dict] = _read_json(manifest)["shards"] if manifest.exists() else []
+        self.shards: list[dict] = _read_manifest(self.root)
         self.keys: set[str] = set()
         for shard in self.shards:
-            self.keys.update(_read_json(self.root / f"{shard['name']}.keys.json"))
+            self.keys.update(_read_json(self.root / f"{shard['name']}.keys.json", list))
+            _check_shard(self.root / f"{shard['name']}.npy", shard["rows"])
 
     def write_shard(self, keys: list[str], embeddings: np.ndarray) -> str:
         """Commit one shard (N, K, D) atomically, then record it in the manifest."""
@@ -297,8 +328,7 @@ class EmbeddingStore:
         if not (self.root / META_FILE).exists():
             raise FileNotFoundError(f"{self.root} is not a FLAME embedding store (no {META_FILE})")
         self.meta = _read_json(self.root / META_FILE)
-        manifest = self.root / MANIFEST_FILE
-        shards = _read_json(manifest)["shards"] if manifest.exists() else []
+        shards = _read_manifest(self.root)
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.max_open = max_open
@@ -310,7 +340,7 @@ class EmbeddingStore:
         self._index: dict[str, tuple[int, int]] = {}
         self.missing = 0  # samples skipped by the last join()
         for i, s in enumerate(shards):
-            for row, key in enumerate(_read_json(self.root / f"{s['name']}.keys.json")):
+            for row, key in enumerate(_read_json(self.root / f"{s['name']}.keys.json", list)):
                 self._index[key] = (i, row)
 
     def __len__(self) -> int:

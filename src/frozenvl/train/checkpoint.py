@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import atomic_path, fsync_file
-from frozenvl.pretrained import read_folder, write_pretrained
+from frozenvl.pretrained import DamagedModelFileError, read_folder, write_pretrained
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 # The trainer's own files, beside the model's (CONFIG_NAME, WEIGHTS_NAME).
@@ -224,7 +224,8 @@ def load_checkpoint(path: str | Path, model_type: str) -> Checkpoint:
         _, _, weights = read_folder(path, (model_type,))
     except CorruptCheckpointError:
         raise
-    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError, DamagedModelFileError, RecursionError,
+            KeyError, TypeError) as e:  # RecursionError: a JSON file nested too deeply to parse
         raise CorruptCheckpointError(f"{path} cannot be read: {type(e).__name__}: {e}") from None
     return Checkpoint(path=path, weights=weights, optimizer=optimizer, rng=rng, state=state)
 

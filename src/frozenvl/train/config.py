@@ -134,6 +134,8 @@ class TrainConfig(Config):
                 raise ConfigError(f"{where}.{name} must be >= 1; got {getattr(self, name)!r}")
         for name in ("eval_every", "checkpoint_every", "max_nonfinite_steps"):
             _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ConfigError(f"{where}.threads must be >= 1 (or null: torch's default); got {self.threads!r}")
         _choice(f"{where}.precision", self.precision, ("fp32", "bf16"))
         _choice(f"{where}.distributed", self.distributed, ("ddp", "fsdp"))
         _choice(f"{where}.device", self.device, ("auto", "cpu", "cuda"))

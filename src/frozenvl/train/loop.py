@@ -151,7 +151,7 @@ class MetricsWriter:
                 try:
                     record = json.loads(ln)
                     step = int(record.get("step", 0))
-                except (ValueError, TypeError, AttributeError):
+                except (ValueError, TypeError, AttributeError, RecursionError):  # RecursionError: nested too deeply
                     bad += 1
                     continue
                 if step <= resume_step:

@@ -45,8 +45,10 @@ class CyclingLoader:
                 return next(self._it)
             except StopIteration:
                 self._it = None
-        raise RuntimeError(f"dataset {self.name!r} yields no samples: every sample was skipped or the shards are "
-                           f"empty ({self.loader.skips.report()})")
+        shards = [str(s) for s in getattr(getattr(self.loader, "dataset", self.loader), "shards", [])]
+        named = f" in {', '.join(shards[:3])}{' ...' if len(shards) > 3 else ''}" if shards else ""
+        raise ValueError(f"dataset {self.name!r} yields no samples{named}: every sample was skipped or the shards "
+                         f"are empty ({self.loader.skips.report()})")
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()
