@@ -115,3 +115,26 @@ def test_a_gzipped_shard_larger_than_the_recorded_tail_is_read_whole(tmp_path):
     cut = SkipCounter()
     assert len(_keys([f"pipe:head -c {path.stat().st_size // 2} {path}"], cut)) < 4
     assert cut.counts["truncated_shard"] == 1
+
+
+def test_a_gzip_stream_cut_at_a_member_boundary_counts_as_truncated(tmp_path):
+    """A .tar.gz whose compressed stream stops (no gzip end-of-stream marker) right where a sample ends decompresses
+    to whole members: tarfile sees a clean end, so only gzip's own end-of-stream check can tell. The shard is
+    counted as truncated and its last sample dropped, locally and piped (before: read as whole, nothing counted)."""
+    import io
+    import zlib
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i in range(2):
+            data = f"sample {i}".encode()
+            info = tarfile.TarInfo(f"s{i}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        body = tar.offset  # the members end here; the end-of-archive blocks follow
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip wrapper
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(gz.compress(buffer.getvalue()[:body]) + gz.flush(zlib.Z_SYNC_FLUSH))  # no gzip trailer
+    for spec in (str(path), f"pipe:cat {path}"):
+        skips = SkipCounter()
+        assert _keys([spec], skips) == ["s0"] and skips.counts["truncated_shard"] == 1, spec

@@ -14,6 +14,7 @@ is counted like an unreadable local shard, with the opener's error.
 from __future__ import annotations
 
 import glob
+import gzip
 import io
 import os
 import re
@@ -157,39 +158,69 @@ def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
 
 
 class _TailRecorder:
-    """A read-only stream that remembers its first bytes and the last ones it passed, so that a tar read in one
-    pass (a pipe or a download cannot be read again) can be checked for its end-of-archive marker."""
+    """A read-only stream that remembers the last bytes it passed, so that a tar read in one pass (a pipe or a
+    download cannot be read again) can be checked for its end-of-archive marker.
 
-    def __init__(self, stream, keep: int = 1 << 16):
-        self.stream, self.keep = stream, keep
-        self.offset = 0  # bytes passed so far
-        self.head = b""  # the first two bytes (gzip's magic number)
+    A gzip stream (recognised by its first two bytes) is decompressed here with Python's ``gzip``, which raises
+    ``EOFError`` when the compressed stream ends before its end-of-stream marker (tarfile's own streaming
+    decompressor does not check that, so a cut .tar.gz could end cleanly after its last whole member). The cut is
+    remembered, handed to tarfile as the end of the stream (the members before it are kept) and makes
+    :meth:`has_end_marker` false. Offsets and the end-of-archive check are on the uncompressed tar."""
+
+    def __init__(self, raw, keep: int = 1 << 16):
+        self.raw, self.keep = raw, keep
+        magic = raw.read(2)
+        self.stream = _Prefixed(raw, magic)
+        self.gzip = magic == b"\x1f\x8b"
+        if self.gzip:
+            self.stream = gzip.GzipFile(fileobj=self.stream, mode="rb")
+        self.cut = False  # the gzip stream ended before its end-of-stream marker
+        self.offset = 0  # (uncompressed) bytes passed so far
         self.tail = bytearray()  # the last `keep` bytes passed
 
     def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        if len(self.head) < 2:
-            self.head += data[: 2 - len(self.head)]
+        if self.cut:
+            return b""
+        try:
+            # gzip: read1 hands over what is decompressed so far, so the bytes before a cut still reach tarfile
+            # (GzipFile.read would drop them with its EOFError); the cut then reads as the end of the stream.
+            data = self.stream.read1(size) if self.gzip and size and size > 0 else self.stream.read(size)
+        except EOFError:
+            self.cut, data = True, b""
         self.offset += len(data)
         self.tail = (self.tail + data)[-self.keep:]
         return data
 
     def close(self) -> None:
-        self.stream.close()
+        self.raw.close()
 
     def has_end_marker(self, end: int) -> bool:
-        """Are there two zero blocks right at ``end`` (an uncompressed tar's end)? tarfile stops reading at the
-        first one, and a pipe may have delivered no more than that: read on to the second."""
-        if self.head == b"\x1f\x8b":  # compressed: gzip's own checks catch truncation; `end` is not an offset here
-            while self.read(1 << 20):  # drain the stream (a piped command must not die of a closed pipe)
-                pass
-            return True
+        """Are there two zero blocks right at ``end``? tarfile stops reading at the first one, and a pipe may have
+        delivered no more than that: read on to the second, then drain the rest (a piped command must not die of a
+        closed pipe; a cut gzip stream is found while draining)."""
         while self.offset < end + 1024 and self.read(min(end + 1024 - self.offset, 1 << 20)):
             pass
         start = self.offset - len(self.tail)
-        if not start <= end <= self.offset - 1024:
-            return False
-        return bytes(self.tail[end - start:end - start + 1024]) == bytes(1024)
+        marked = start <= end <= self.offset - 1024 and bytes(self.tail[end - start:end - start + 1024]) == bytes(1024)
+        while self.read(1 << 20):
+            pass
+        return marked and not self.cut
+
+
+class _Prefixed:
+    """``stream`` with ``prefix`` (bytes already read from it) put back in front."""
+
+    def __init__(self, stream, prefix: bytes):
+        self.stream, self.prefix = stream, prefix
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.prefix:
+            return self.stream.read(size)
+        if size is None or size < 0:
+            data, self.prefix = self.prefix + self.stream.read(), b""
+            return data
+        data, self.prefix = self.prefix[:size], self.prefix[size:]
+        return data if len(data) == size else data + self.stream.read(size - len(data))
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
