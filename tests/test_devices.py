@@ -13,7 +13,7 @@ from frozenvl.cli import main
 from frozenvl.flame.baseline import ClipBaseline, baseline_config
 from frozenvl.flame.model import FlameModel, flame_config
 from frozenvl.flamingo import Flamingo, build
-from frozenvl.testing import TINY_FLAMINGO, images, tiny_lm, tiny_tokenizer, tiny_vision
+from frozenvl.testing import TINY_FLAMINGO, images, save_tiny_backbones, tiny_lm, tiny_tokenizer, tiny_vision
 
 MODEL_COMMANDS = [["generate"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"], ["compare"]]
 BF16 = torch.bfloat16
@@ -43,16 +43,7 @@ def no_gpu(monkeypatch):
 def backbone_folders(tmp_path_factory):
     """A tiny LM (with its tokenizer) and a tiny transformers vision model saved as folders: sources for the
     commands' --lm and --vision hf:FOLDER."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    root = tmp_path_factory.mktemp("backbones")
-    tiny_lm("llama").save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(root / "vit")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vit")
-    return root / "lm", root / "vit"
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
 
 
 # ------------------------------------------------------------------------------------------ the commands

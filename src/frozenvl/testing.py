@@ -98,6 +98,24 @@ def tiny_flamingo(family: str = "llama", seed: int = 0, open_gates: bool = False
     return model.eval(), processor
 
 
+def save_tiny_backbones(root) -> tuple:
+    """A tiny LM (with its tokenizer) and a tiny transformers CLIP vision model (with its image processor) saved as
+    folders under ``root``: sources for ``--lm FOLDER`` / ``--vision hf:FOLDER`` and ``build(lm=, vision=)``.
+    Returns (lm folder, vision folder)."""
+    from pathlib import Path
+
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    root = Path(root)
+    tiny_lm("llama").save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(root / "vit")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    return root / "lm", root / "vit"
+
+
 def images(n: int, seed: int = 0, size: int = 32) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(3, size, size, generator=g) for _ in range(n)]

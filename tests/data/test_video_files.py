@@ -307,18 +307,9 @@ def test_convert_video_command(tmp_path, clip, capsys):
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
     """A tiny LM (with its tokenizer) and a tiny transformers vision model saved as folders (--lm, --vision)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from frozenvl.testing import save_tiny_backbones
 
-    from frozenvl.testing import tiny_lm, tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("backbones")
-    tiny_lm("llama").save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(root / "vit")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vit")
-    return root / "lm", root / "vit"
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
 
 
 def test_generate_with_a_video_file(backbones, clip, tmp_path, monkeypatch, capsys):

@@ -74,19 +74,12 @@ def test_only_rank_0_writes(world, tiny, tmp_path, monkeypatch):
 def model_folder(tmp_path_factory):
     """A tiny Flamingo with open gates saved as a folder, its backbones (a tiny LM, a tiny CLIP vision model)
     saved as folders it references: what `frozenvl eval flamingo --model` loads in each process."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
     import frozenvl.flamingo as fl
-    from frozenvl.testing import tiny_lm, tiny_tokenizer
+    from frozenvl.testing import save_tiny_backbones
 
     root = tmp_path_factory.mktemp("model")
-    tiny_lm("llama").save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(root / "vit")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vit")
-    model, _ = fl.build(lm=str(root / "lm"), vision=f"hf:{root / 'vit'}", cross_attn_every=2, resampler_depth=1,
+    lm, vit = save_tiny_backbones(root)
+    model, _ = fl.build(lm=str(lm), vision=f"hf:{vit}", cross_attn_every=2, resampler_depth=1,
                         num_latents=4, resampler_dim_head=8, resampler_heads=2, xattn_dim_head=8, xattn_heads=2)
     with torch.no_grad():
         for name, p in model.named_parameters():
