@@ -37,3 +37,15 @@ def test_stack_media_pads_rows_with_zero_media():
     assert pixels[:, :, :, 0, 0, 0].tolist() == [[[1, 0], [0, 0]], [[5, 5], [7, 0]]]
     with pytest.raises(ValueError, match="one shape"):
         stack_media([[image], [torch.ones(1, 3, 8, 8)]])
+
+
+def test_as_frames_gives_images_one_frame_and_refuses_other_shapes():
+    import pytest
+    import torch
+
+    from frozenvl.tensors import as_frames
+
+    assert as_frames(torch.zeros(2, 3, 3, 8, 8)).shape == (2, 3, 1, 3, 8, 8)
+    assert as_frames(torch.zeros(2, 3, 4, 3, 8, 8)).shape == (2, 3, 4, 3, 8, 8)
+    with pytest.raises(ValueError, match="got shape \\(3, 8, 8\\)"):
+        as_frames(torch.zeros(3, 8, 8))

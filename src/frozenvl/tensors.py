@@ -62,3 +62,13 @@ def stack_media(rows: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor | 
             mask[i, j, : medium.shape[0]] = True
     mixed = any(m.shape[0] != frames for m in flat)
     return out, (mask if mixed else None)
+
+
+def as_frames(pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, T_img, C, H, W) images or (B, T_img, F, C, H, W) videos -> (B, T_img, F, C, H, W), an image one frame."""
+    if pixel_values.ndim == 5:
+        pixel_values = pixel_values.unsqueeze(2)
+    if pixel_values.ndim != 6:
+        raise ValueError("pixel_values must be (B, T_img, C, H, W) or (B, T_img, F, C, H, W), "
+                         f"got shape {tuple(pixel_values.shape)}")
+    return pixel_values

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from frozenvl.files import atomic_path
+from frozenvl.tensors import as_frames
 
 _DIGEST_BYTES = 20
 
@@ -159,11 +160,7 @@ class FeatureCache:
     def encode(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """A Flamingo batch's pixels (B, T_img, [F,] C, H, W) -> encoder features (B, T_img, F, N, D) float32.
         ``frame_mask`` (B, T_img, F): only real frames are looked up or encoded; padded ones are zero."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values.unsqueeze(2)
-        if pixel_values.ndim != 6:
-            raise ValueError("pixel_values must be (B, T_img, C, H, W) or (B, T_img, F, C, H, W), "
-                             f"got shape {tuple(pixel_values.shape)}")
+        pixel_values = as_frames(pixel_values)  # (B, T_img, F, C, H, W)
         B, T, Fr = pixel_values.shape[:3]
         frames = pixel_values.flatten(0, 2)  # (B*T*F, C, H, W)
         if frame_mask is None:

@@ -39,6 +39,7 @@ from frozenvl.flamingo.media_mask import build_media_mask, image_documents, sing
 from frozenvl.flamingo.processor import check_extra_arguments
 from frozenvl.flamingo.resampler import build_resampler
 from frozenvl.pretrained import PretrainedModel
+from frozenvl.tensors import as_frames
 
 
 @dataclass
@@ -111,11 +112,7 @@ class Flamingo(PretrainedModel, nn.Module):
 
         ``frame_mask`` (B, T_img, F), True on real frames, when media of different frame counts share the batch
         (the processor pads them): padded frames are neither encoded nor read by the resampler."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values.unsqueeze(2)
-        if pixel_values.ndim != 6:
-            raise ValueError("pixel_values must be (B, T_img, C, H, W) or (B, T_img, F, C, H, W), "
-                             f"got shape {tuple(pixel_values.shape)}")
+        pixel_values = as_frames(pixel_values)  # (B, T_img, F, C, H, W)
         B, T, Fr = pixel_values.shape[:3]
         vision_dtype = next(self.vision.parameters(), torch.empty(0)).dtype
         # A frozen encoder builds no graph; one unfrozen for fine-tuning gets its gradients.
