@@ -128,6 +128,21 @@ def _guard(make: Any, where: str = "record") -> RawSample | BadSample:
         return BadSample("bad_field", f"{where}: {type(e).__name__}: {e}")
 
 
+def _row_key(row: dict, i: int, name, caption, seen: set[str]) -> str:
+    """The sample key of caption row ``i`` naming the file ``name`` (its ``key`` column, else the file's stem and
+    the row number; made unique against ``seen``, which it joins); a missing, non-text or empty caption is a bad
+    sample."""
+    if not isinstance(caption, str):
+        raise BadSample("missing_field" if caption is None else "bad_field", f"row {i}: caption {caption!r}")
+    if not caption.strip():
+        raise BadSample("empty_text", f"row {i}")
+    key = safe_key(str(row.get("key") or f"{Path(str(name)).stem}_{i}"))
+    if key in seen:
+        key = safe_key(f"{key}_{i}")
+    seen.add(key)
+    return key
+
+
 def _pick(row: dict[str, Any], names: tuple[str, ...], given: str | None) -> Any:
     if given is not None:
         return row.get(given)
@@ -223,14 +238,7 @@ def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | P
         name, caption = _pick(row, IMAGE_COLUMNS, image_column), _pick(row, CAPTION_COLUMNS, caption_column)
         if not name:
             raise BadSample("missing_field", f"row {i}: no image column")
-        if not isinstance(caption, str):
-            raise BadSample("missing_field" if caption is None else "bad_field", f"row {i}: caption {caption!r}")
-        if not caption.strip():
-            raise BadSample("empty_text", f"row {i}")
-        key = safe_key(str(row.get("key") or f"{Path(str(name)).stem}_{i}"))
-        if key in seen:
-            key = safe_key(f"{key}_{i}")
-        seen.add(key)
+        key = _row_key(row, i, name, caption, seen)
         long_caption = row.get("long_caption") or None
         if long_caption is not None and not isinstance(long_caption, str):
             raise BadSample("bad_field", f"row {i}: long_caption {long_caption!r}")
@@ -482,14 +490,7 @@ def convert_videos(video_dir: str | Path, captions: str | Path, out_dir: str | P
         name, caption = _pick(row, VIDEO_COLUMNS, video_column), _pick(row, CAPTION_COLUMNS, caption_column)
         if not name or not isinstance(name, str | int):
             raise BadSample("missing_field" if not name else "bad_field", f"row {i}: video {name!r}")
-        if not isinstance(caption, str):
-            raise BadSample("missing_field" if caption is None else "bad_field", f"row {i}: caption {caption!r}")
-        if not caption.strip():
-            raise BadSample("empty_text", f"row {i}")
-        key = safe_key(str(row.get("key") or f"{Path(str(name)).stem}_{i}"))
-        if key in seen:
-            key = safe_key(f"{key}_{i}")
-        seen.add(key)
+        key = _row_key(row, i, name, caption, seen)
         return video_sample(key, frames_of(str(name)), caption.strip(), fps, extra={"video": str(name)},
                             image_format=image_format)
 
