@@ -141,3 +141,15 @@ def test_prefix_cache_mode_passes_the_cache_under_the_name_the_lm_declares():
     enc.encode(CAPTIONS[:2], mode="prefix_cache")
     continued = [n for n in names if "cache" in n or "past_key_values" in n]
     assert continued and all("cache" in n and "past_key_values" not in n for n in continued)
+
+
+def test_encoding_reads_no_deprecated_cache_name(capfd):
+    """Reading the LM's output never touches ``past_key_values`` (transformers 5.24 prints a deprecation line when a
+    script does, once per process): no such line while encoding in every mode."""
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    enc = FacetTextEncoder(tiny_lm("llama"), tiny_tokenizer(), "long")
+    for mode in ("fda", "prefix_cache", "naive"):
+        enc.encode(CAPTIONS[:2], mode=mode)
+    assert "deprecated" not in capfd.readouterr().err

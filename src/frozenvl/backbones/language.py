@@ -177,7 +177,9 @@ def cache_argument(model: nn.Module) -> str:
 def output_cache(output: object) -> object | None:
     """The cache an LM call returned (``output.cache``, or ``past_key_values`` before transformers 5.24), or None
     when it returned none (an LM that keeps its recurrent state inside its modules, such as RecurrentGemma)."""
-    for name in ("cache", "past_key_values"):
+    # An output class that declares `cache` is never asked for the old name (transformers warns when it is read).
+    fields = getattr(output, "__dataclass_fields__", {})
+    for name in ("cache",) if "cache" in fields else ("cache", "past_key_values"):
         value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
         if value is not None:
             return value
