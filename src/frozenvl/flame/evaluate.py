@@ -13,7 +13,6 @@ Loaders (each returns a :class:`RetrievalSet` or :class:`ClassificationSet` of i
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from frozenvl.files import read_json
 from frozenvl.flame.inference import (
     DEFAULT_CLASS_TEMPLATES,
     encode_image,
@@ -80,17 +80,7 @@ def classification_metrics(logits: torch.Tensor, labels: Sequence[int], ks: Sequ
 
 def _read_json(path: str | os.PathLike):
     """The JSON in ``path``; a file that is not UTF-8, not JSON or nested too deeply is one ValueError naming it."""
-    if os.path.exists(path) and not os.path.isfile(path):  # a folder, or a FIFO whose open() would block
-        raise ValueError(f"{path} is not a regular file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{path} is nested too deeply to read") from None
+    return read_json(path, "file")
 
 
 # What reading one malformed entry raises (a missing key, a number where a text goes, an entry that is not an
