@@ -288,6 +288,33 @@ def test_ablation_switches_and_placement():
     assert (ungated(**batch).logits - gated(**batch).logits).abs().max() > 1e-4
 
 
+def test_upper_placement_fuses_the_upper_half_and_the_backward_pass_stops_there(tmp_path):
+    from frozenvl.flamingo.fusion import fused_layer_indices
+
+    assert fused_layer_indices(30, 4, "upper") == [15, 19, 23, 27]  # the demo's SmolLM2-135M
+    assert fused_layer_indices(8, 2, "upper") == [4, 6]
+    model, proc = tiny_flamingo(placement="upper", cross_attn_every=1, open_gates=True)  # 4 layers: blocks at 2, 3
+    assert model.fused_indices == [2, 3]
+    _, layers = find_decoder_layers(model.lm)
+    needs_grad = {}
+    hooks = [layer.register_forward_hook(lambda m, a, out, i=i: needs_grad.__setitem__(
+        i, (out[0] if isinstance(out, tuple) else out).requires_grad)) for i, layer in enumerate(layers)]
+    model.train()
+    batch = proc([TEXT], [images(2)])
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    for h in hooks:
+        h.remove()
+    assert needs_grad == {0: False, 1: False, 2: True, 3: True}  # no graph (no backward) below the lowest block
+    blocks = [n for n, p in model.named_parameters() if ".xattn." in n and p.requires_grad]
+    assert blocks and all(model.get_parameter(n).grad is not None for n in blocks)
+    assert not model.lm.get_input_embeddings().new_weight.requires_grad  # else the backward reaches layer 0
+    saved = tmp_path / "upper"
+    model.eval().save_pretrained(saved)
+    again = Flamingo.from_pretrained(saved, lm=tiny_lm(), tokenizer=tiny_tokenizer(), vision=tiny_vision())
+    assert again.fused_indices == [2, 3]
+    assert torch.equal(again(**batch).logits, model(**batch).logits)
+
+
 def test_unfrozen_vision_encoder_gets_gradients():
     model, proc = tiny_flamingo()
     for p in model.vision.parameters():

@@ -14,7 +14,8 @@ class FlamingoConfig(Config):
     vision: str = "embedded:efficientnet-lite0"
     # Gated cross-attention.
     cross_attn_every: int = 4  # a block before every N-th decoder layer
-    placement: str = "first"  # "first": layers 0, N, 2N...; "openflamingo": (i + 1) % N == 0
+    placement: str = "first"  # "first": layers 0, N, 2N...; "openflamingo": (i + 1) % N == 0; "upper": H, H+N...
+    # (H = half the LM's layers: the backward pass stops there, cheaper training)
     xattn_kind: str = "gated_dense"  # "gated_dense" (paper) or "vanilla" (ablation: no dense FFW)
     gating: str = "tanh"  # "tanh" (paper) or "none" (ablation)
     xattn_heads: int = 8
@@ -45,7 +46,7 @@ class FlamingoConfig(Config):
     lora_target_modules: list[str] | None = None
 
     def validate(self, where: str) -> None:
-        check_choice(f"{where}.placement", self.placement, ("first", "openflamingo"))
+        check_choice(f"{where}.placement", self.placement, ("first", "openflamingo", "upper"))
         check_choice(f"{where}.xattn_kind", self.xattn_kind, ("gated_dense", "vanilla"))
         check_choice(f"{where}.gating", self.gating, ("tanh", "none"))
         check_choice(f"{where}.resampler", self.resampler, ("perceiver", "mlp", "transformer"))

@@ -103,7 +103,10 @@ def fused_layer_indices(num_layers: int, every: int, rule: str = "first") -> lis
     """Which decoder layers get a cross-attention block before them.
 
     ``"first"``: layers 0, N, 2N, ... (the first layer always sees the image; with N=1 every layer);
-    ``"openflamingo"``: layers i with (i + 1) % N == 0 (OpenFlamingo's rule, needed for its checkpoints).
+    ``"openflamingo"``: layers i with (i + 1) % N == 0 (OpenFlamingo's rule, needed for its checkpoints);
+    ``"upper"``: the ``"first"`` rule on the upper half only, layers H, H + N, H + 2N, ... with H = num_layers // 2.
+    Training is then cheaper: autograd stops at the lowest trainable block, so the backward pass never enters the
+    lower half of the frozen LM (about 1.5x per step on the demo's SmolLM2-135M, 30 layers: 15, 19, 23, 27).
     """
     if every < 1:
         raise ValueError(f"cross_attn_every must be >= 1, got {every}")
@@ -111,4 +114,6 @@ def fused_layer_indices(num_layers: int, every: int, rule: str = "first") -> lis
         return [i for i in range(num_layers) if i % every == 0]
     if rule == "openflamingo":
         return [i for i in range(num_layers) if (i + 1) % every == 0]
-    raise ValueError(f"unknown placement rule {rule!r}; choose 'first' or 'openflamingo'")
+    if rule == "upper":
+        return [i for i in range(num_layers // 2, num_layers) if (i - num_layers // 2) % every == 0]
+    raise ValueError(f"unknown placement rule {rule!r}; choose 'first', 'openflamingo' or 'upper'")

@@ -92,6 +92,10 @@ class Flamingo(PretrainedModel, nn.Module):
                 layer = FusedDecoderLayer(layer, block, i)
             fused.append(layer)
         self.lm.set_submodule(self.decoder_layers_path, nn.ModuleList(fused))
+        if config.placement == "upper":
+            # Nothing trainable below the lowest block, so that the backward pass stops there: the new tokens'
+            # input rows (<image>, <|endofchunk|>) keep their initial value, the mean of the LM's embeddings.
+            self.lm.get_input_embeddings().new_weight.requires_grad_(False)
         self._lm_takes_position_ids = "position_ids" in inspect.signature(self.lm.forward).parameters
         self._lm_cache_argument = cache_argument(self.lm)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.vocab_size = self.lm.get_output_embeddings().vocab_size
