@@ -266,6 +266,10 @@ def test_convert_videos_round_trips_through_the_loader(tmp_path, clip, caplog):
             {"video": "missing.mp4", "caption": "not there"}]
     captions = tmp_path / "captions.jsonl"
     captions.write_text("\n".join(json.dumps(r) for r in rows))
+    for bad, match in (({"fps": 0}, "fps must be > 0"), ({"max_frames": 0}, "max_frames must be >= 1")):
+        with pytest.raises(ValueError, match=match):  # refused before any video is decoded or shard written
+            convert_videos(videos, captions, tmp_path / "refused", progress=False, **bad)
+        assert not (tmp_path / "refused").exists()
     report = convert_videos(videos, captions, tmp_path / "out", max_frames=3, image_format="png", progress=False)
     assert report.written == 3
     assert report.skipped.as_dict() == {"corrupt_video": 1, "missing_video": 1}

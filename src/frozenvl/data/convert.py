@@ -44,7 +44,7 @@ from frozenvl.data.formats import (
 )
 from frozenvl.data.shards import MAX_MEMBER_BYTES, ShardWriter
 from frozenvl.data.skips import BadSample, SkipCounter
-from frozenvl.data.video import find_video_file, read_video_frames
+from frozenvl.data.video import check_sampling, find_video_file, read_video_frames
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title")
@@ -449,10 +449,7 @@ def convert_videos(video_dir: str | Path, captions: str | Path, out_dir: str | P
     may name the file without its extension (MSR-VTT's ``video7010``); several rows of one video (MSR-VTT's 20
     captions) give one sample each, the video decoded once. A missing video is 'missing_video', one that cannot be
     decoded 'corrupt_video': skipped and counted."""
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0; got {fps}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1; got {max_frames}")
+    check_sampling(fps, max_frames)  # before any file is read
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video folder not found: {video_dir}")

@@ -53,15 +53,20 @@ def _even(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
+def check_sampling(fps: float, max_frames: int | None) -> None:
+    """One ValueError naming the bad argument: ``fps`` must be > 0 and ``max_frames`` None or >= 1."""
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+
+
 def read_video_frames(path: str | os.PathLike, fps: float = 1.0, max_frames: int | None = None,
                       max_pixels: int = 64_000_000) -> list[Image.Image]:
     """RGB frames of the video file ``path`` sampled at ``fps`` frames per second from its start, at most
     ``max_frames`` of them spread evenly (see the module docstring). A file that cannot be decoded is one
     :class:`VideoDecodeError` naming it; a frame size over ``max_pixels`` is refused before decoding."""
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    check_sampling(fps, max_frames)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
