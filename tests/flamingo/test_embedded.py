@@ -33,6 +33,22 @@ def test_efficientnet_lite0_sees_a_cat():
     assert all(not p.requires_grad for p in encoder.parameters())
 
 
+def test_efficientnet_lite0_runs_channels_last_with_the_same_features():
+    import skimage.data
+
+    from frozenvl.backbones.vision import build_vision
+
+    encoder = build_vision("embedded:efficientnet-lite0")
+    conv = encoder.module.conv_stem.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    pixels = torch.stack([encoder.transform(skimage.data.chelsea()), encoder.transform(skimage.data.astronaut())])
+    with torch.no_grad():
+        grid = encoder(pixels)  # (2, 49, 1280)
+        encoder.module.to(memory_format=torch.contiguous_format)
+        plain = encoder.module.forward_features(pixels).flatten(2).transpose(1, 2)
+    assert torch.allclose(grid, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_embedded_flamingo_equals_smollm2_at_init():
     import skimage.data
 

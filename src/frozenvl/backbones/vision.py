@@ -188,7 +188,16 @@ def embedded_efficientnet_lite0() -> VisionEncoder:
         with atomic_path(cached) as tmp:
             save_file(mapped, str(tmp))
     model.load_state_dict(load_file(str(cached)))
-    return from_timm(model, name="embedded:efficientnet-lite0")
+    encoder = from_timm(model, name="embedded:efficientnet-lite0")
+    # channels_last weights and inputs: the same convolutions, 1.7x faster on the CPU (oneDNN; 44 frames of 224 px
+    # in 1.23 s instead of 2.13 s on 2 cores), which is most of a training step while the feature cache is cold.
+    model.to(memory_format=torch.channels_last)
+    encoder._feature_fn = _timm_features_channels_last
+    return encoder
+
+
+def _timm_features_channels_last(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    return model.forward_features(pixels.contiguous(memory_format=torch.channels_last))
 
 
 def from_flame(folder: str) -> VisionEncoder:
