@@ -6,8 +6,9 @@ keeps the :class:`~frozenvl.flamingo.FlamingoCache` (LM keys/values, visual toke
 cross-attention keys/values). Then
 
 - close-ended: a batch of queries is appended to selections of the prefix cache (one forward for all of them,
-  exact for any position scheme), and the (query, candidate) pairs are scored in batches by selecting each pair's
-  query row of that cache; one forward per batch of pairs, over the candidate tokens only;
+  exact for any position scheme), then each query's candidates are read as a tree in one row on its cache (a
+  prefix they share read once; LMs with position ids and full attention), or else (query, candidate) pairs are
+  scored in batches by selecting each pair's query row of that cache; over the candidate tokens only;
 - open-ended: a batch of queries is appended to selections of the prefix cache and decoded (beam search with the
   model's own :func:`~frozenvl.flamingo.generation.generate`), so neither the demonstration text nor its images
   are encoded again.
@@ -136,10 +137,12 @@ class FewShotScorer:
 
         The queries are encoded in one batch on top of the prefix (their images too), left padded with the padding
         moved before each row's prefix (:func:`~frozenvl.flamingo.generation.continue_prefix`), so each row is its
-        prompt alone for any position scheme (ALiBi, sliding windows). Then every (query, candidate) pair is a row:
-        the rows, sorted by candidate length, go ``candidate_batch_size`` per forward, each continuing a selection
-        of its query's row, right padded (the padding comes after every real token). A candidate's last token is
-        only a target: the forward reads the candidate without it (the logits after it are never used)."""
+        prompt alone for any position scheme (ALiBi, sliding windows). Then, for an LM with position ids and full
+        attention, each query's candidates are read as trees (:meth:`_score_trees`). Otherwise every (query,
+        candidate) pair is a row: the rows, sorted by candidate length, go ``candidate_batch_size`` per forward,
+        each continuing a selection of its query's row, right padded (the padding comes after every real token).
+        A candidate's last token is only a target: the forward reads the candidate without it (the logits after it
+        are never used)."""
         if not len(queries) == len(queries_media) == len(candidates):
             raise ValueError(f"{len(queries)} queries, {len(queries_media)} media lists and {len(candidates)} "
                              "candidate lists: one of each per query")
@@ -156,6 +159,8 @@ class FewShotScorer:
             query_cache, next_logits = continue_prefix(self.model, ids, mask, media, prefix.expanded(len(pieces)))
         query_cache = self._query_image_only(query_cache)
         all_ids = [[self._candidate_ids(c) for c in row] for row in candidates]
+        if self._packs_trees(query_cache):
+            return self._score_trees(query_cache, next_logits, all_ids, length_normalize)
         pairs = [(q, c) for q, row in enumerate(all_ids) for c in range(len(row))]
         pairs.sort(key=lambda pair: len(all_ids[pair[0]][pair[1]]))  # similar lengths: little padding
         scores = [[0.0] * len(row) for row in all_ids]
@@ -169,10 +174,92 @@ class FewShotScorer:
                 cache = query_cache.select(which)  # a new cache: query_cache is kept for the next batch
                 fed = self.model(target[:, :-1], target_mask[:, :-1], cache=cache).logits  # (n, L-1, V)
                 logits = torch.cat([logits, fed], dim=1)  # (n, L, V): logits[:, t] predicts target[:, t]
-            logits = logits.float()
-            token_logp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (n, L)
+            token_logp = logits.float().log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (n, L)
             for (q, c), value in zip(rows, self._reduce(token_logp, target_mask.float(), length_normalize).tolist()):
                 scores[q][c] = value
+        return scores
+
+    def _packs_trees(self, cache: Any) -> bool:
+        """Whether the candidates can go as trees (:meth:`_score_trees`): the LM takes its positions as
+        ``position_ids`` and a custom additive mask, and every token may see every earlier one (full attention
+        layers only, no ALiBi: distances that count key slots would count the packed siblings)."""
+        from transformers.cache_utils import DynamicLayer
+
+        config = self.model.lm.config
+        return (self.model._lm_takes_position_ids and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+                and getattr(config, "sliding_window", None) is None and not getattr(config, "alibi", False)
+                and all(type(layer) is DynamicLayer for layer in getattr(cache.past_key_values, "layers", [None])))
+
+    def _score_trees(self, query_cache: Any, next_logits: torch.Tensor, all_ids: list[list[list[int]]],
+                     length_normalize: bool) -> list[list[float]]:
+        """The scores of :meth:`score_candidates_batch`, each query's candidates packed as a tree in one row.
+
+        A query's candidates (sorted, in groups of ``candidate_batch_size``) are merged into a trie of the tokens
+        the forward reads (each candidate without its last token): a prefix shared by several candidates is one
+        node, read once. The row continues the query's cache with the trie's nodes; a node sees the cache and its
+        ancestors (a 4D mask) at position (query length + depth), so it gets the keys, values and logits it would
+        get as a row of its own candidate, and no cache is copied per candidate. Rows of groups go
+        ``candidate_batch_size`` candidates per forward, right padded (a padding node sees only itself)."""
+        groups = []  # (query, [candidate index], [node per fed token of each candidate], node tokens, node parents)
+        for q, row in enumerate(all_ids):
+            order = sorted(range(len(row)), key=lambda c: row[c])
+            for start in range(0, len(order), self.candidate_batch_size):
+                members = order[start:start + self.candidate_batch_size]
+                nodes: dict[tuple[int, ...], int] = {}
+                tokens, parents, paths = [], [], []
+                for c in members:
+                    path, parent = [], -1
+                    for k in range(len(row[c]) - 1):
+                        key = tuple(row[c][:k + 1])
+                        if key not in nodes:
+                            nodes[key] = len(tokens)
+                            tokens.append(row[c][k])
+                            parents.append(parent)
+                        parent = nodes[key]
+                        path.append(parent)
+                    paths.append(path)
+                groups.append((q, members, paths, tokens, parents))
+        scores = [[0.0] * len(row) for row in all_ids]
+        lengths = query_cache.attention_mask.sum(1)  # (Q,) real tokens of each query row
+        min_value = torch.finfo(self.model.lm.dtype).min
+        start = 0
+        while start < len(groups):  # forwards of up to candidate_batch_size candidates
+            stop, count = start + 1, len(groups[start][1])
+            while stop < len(groups) and count + len(groups[stop][1]) <= self.candidate_batch_size:
+                count += len(groups[stop][1])
+                stop += 1
+            batch, start = groups[start:stop], stop
+            which = torch.tensor([g[0] for g in batch], device=self.device)  # (R,) each row's query
+            N = max(1, max(len(g[3]) for g in batch))
+            node_logp = None
+            if any(g[3] for g in batch):
+                ids = torch.full((len(batch), N), self.model.pad_token_id, dtype=torch.long, device=self.device)
+                depth = torch.zeros((len(batch), N), dtype=torch.long)
+                sees = torch.eye(N, dtype=torch.bool).repeat(len(batch), 1, 1)  # (R, N, N) ancestors or itself
+                for r, (_, _, _, tokens, parents) in enumerate(batch):
+                    ids[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                    for i, parent in enumerate(parents):
+                        if parent >= 0:
+                            sees[r, i] |= sees[r, parent]
+                            depth[r, i] = depth[r, parent] + 1
+                real = torch.tensor([len(g[3]) for g in batch]).unsqueeze(1) > torch.arange(N)  # (R, N)
+                cache = query_cache.select(which)  # a new cache, continued by the rows
+                past = cache.attention_mask.bool().unsqueeze(1) & real.to(self.device).unsqueeze(2)  # (R, N, S)
+                allowed = torch.cat([past, sees.to(self.device)], dim=2)  # (R, N, S + N)
+                mask = torch.zeros(allowed.shape, dtype=self.model.lm.dtype, device=self.device)
+                mask.masked_fill_(~allowed, min_value)
+                positions = lengths[which].unsqueeze(1) + depth.to(self.device)  # (R, N)
+                logits = self.model(ids, mask.unsqueeze(1), cache=cache, position_ids=positions).logits
+                node_logp = logits.float().log_softmax(-1)  # (R, N, V)
+            first_logp = next_logits[which].float().log_softmax(-1)  # (R, V): predicts each first token
+            for r, (q, members, paths, _, _) in enumerate(batch):
+                for c, path in zip(members, paths):
+                    target = torch.tensor(all_ids[q][c], device=self.device)  # (m,)
+                    token_logp = first_logp[r, target[:1]]
+                    if path:
+                        token_logp = torch.cat([token_logp, node_logp[r, path, target[1:]]])
+                    value = token_logp.mean() if length_normalize else token_logp.sum()
+                    scores[q][c] = float(value)
         return scores
 
     def _query_image_only(self, cache: Any) -> Any:

@@ -141,7 +141,7 @@ class Flamingo(PretrainedModel, nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, L)
-        attention_mask: torch.Tensor | None = None,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L), or (B, 1, L, L_cache + L): see below
         pixel_values: torch.Tensor | None = None,  # (B, T_img, [F,] C, H, W)
         labels: torch.Tensor | None = None,  # (B, L); masked as flamingo.loss says
         document_ids: torch.Tensor | None = None,  # (B, L) packed documents never see each other's images
@@ -153,13 +153,19 @@ class Flamingo(PretrainedModel, nn.Module):
         frame_mask: torch.Tensor | None = None,  # (B, T_img, F) real frames, when media of different lengths mix
         output_hidden_states: bool = False,  # the LM's hidden states (embeddings, then each layer), as transformers
         return_dict: bool = True,  # False: the tuple of the output's fields that are set
+        position_ids: torch.Tensor | None = None,  # (B, L) the LM's positions (default: from the attention mask)
         **extra: object,
     ) -> FlamingoOutput | tuple:
+        """A 4D ``attention_mask`` (B, 1, L, L_cache + L), additive (0 where a token may attend, the dtype's
+        minimum elsewhere), is the LM's whole mask over the cache and these tokens, given as it is (e.g. a tree of
+        continuations packed in one row); it needs ``position_ids`` and gives no cache."""
         check_extra_arguments("Flamingo.forward", extra)
         B, L = input_ids.shape
         device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.dim() == 4 and (position_ids is None or use_cache or labels is not None):
+            raise ValueError("a 4D attention_mask needs position_ids, and gives no cache and no loss")
         if document_ids is None:
             document_ids = (cache.last_doc.unsqueeze(1).expand(B, L) if cache is not None
                             else torch.zeros_like(input_ids))
@@ -187,14 +193,17 @@ class Flamingo(PretrainedModel, nn.Module):
             raise ValueError(f"the text has {int(token_time.max())} <image> tokens but only "
                              f"{media_all.shape[1]} images were given")
 
-        full_mask = attention_mask if cache is None else torch.cat([cache.attention_mask, attention_mask], dim=1)
+        full_mask = (attention_mask if cache is None or attention_mask.dim() == 4
+                     else torch.cat([cache.attention_mask, attention_mask], dim=1))
         lm_kwargs = dict(input_ids=input_ids, attention_mask=full_mask, use_cache=use_cache,
                          logits_to_keep=logits_to_keep)
         if output_hidden_states:
             lm_kwargs["output_hidden_states"] = True
         if cache is not None:
             lm_kwargs[self._lm_cache_argument] = cache.past_key_values
-        if self._lm_takes_position_ids:
+        if position_ids is not None:
+            lm_kwargs["position_ids"] = position_ids
+        elif self._lm_takes_position_ids:
             # Positions from the mask, so left padding does not shift a row (a batch equals its rows).
             lm_kwargs["position_ids"] = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
 
