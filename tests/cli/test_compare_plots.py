@@ -100,3 +100,13 @@ def test_the_flame_stage_reuses_its_results_draws_the_figures_and_the_report_rea
         "value": 1.0, "n": N, "ci95": [round(v, 2) for v in wilson_interval(1.0, N)]}
     assert saved["flame"]["long_captions"]["flame"]["image_to_text_R@5"]["n"] == N
     assert {"fewshot", "held_out_loss", "image_reliance", "seconds"} <= set(saved)
+
+
+def test_an_older_demos_english_only_results_are_reused_with_the_figures_they_allow(tmp_path):
+    results = _results()
+    del results["languages"]
+    (tmp_path / "flame").mkdir()
+    (tmp_path / "flame" / "results.json").write_text(json.dumps(results))
+    flame = demo.stage_flame(tmp_path, demo.QUICK)
+    assert list(flame["figures"]) == ["long_captions"] and flame["languages"] == {}
+    assert "| long captions (en) R@1 text->image |" in "\n".join(demo.flame_section(flame))

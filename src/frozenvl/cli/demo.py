@@ -241,8 +241,9 @@ def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
                                   languages=FLAME_LANGUAGES)
         results = run_comparison(config, dtype=getattr(torch, dtype))
     summary = flame_summary(results)
-    figures = {"languages": plot_languages(summary, flame_dir / "retrieval_per_language.png"),
-               "long_captions": plot_long_captions(summary, flame_dir / "long_captions_zero_shot.png")}
+    figures = {"long_captions": plot_long_captions(summary, flame_dir / "long_captions_zero_shot.png")}
+    if summary["languages"]:  # a results.json of an older demo has English only
+        figures["languages"] = plot_languages(summary, flame_dir / "retrieval_per_language.png")
     return {"table": format_table(results), "headline": headline(results).removeprefix("headline: "),
             "results": str(result_path), "figures": {k: str(v.relative_to(out)) for k, v in figures.items()},
             "llm_dtype": results.get("llm_dtype"), "embedding": results.get("embedding"), **summary}
