@@ -15,7 +15,9 @@ def test_help_describes_the_demo_that_runs(capsys):
     text = capsys.readouterr().out
     plan = demo.FULL
     for fact in (f"{plan.flamingo_steps} steps of {plan.pairs_batch} pairs", f"{plan.n_pairs} image-text pairs",
-                 f"synth_icl_words ({plan.icl_queries} queries)", f"{plan.reliance_pairs} held-out pairs",
+                 f"synth_icl_words ({plan.icl_queries} queries x {plan.icl_trials} demonstration draws)",
+                 f"{plan.pages_batch} interleaved pages", f"placement {plan.placement}",
+                 f"{plan.reliance_pairs} held-out pairs",
                  f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training"):
         assert fact in " ".join(text.split()), fact
 
