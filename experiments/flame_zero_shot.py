@@ -127,7 +127,9 @@ def load_store(out: Path, prompts: str, max_pairs: int | None) -> dict | None:
         return None
     keys = [k for p in parts for k in p["keys"]]
     n = min(len(keys), max_pairs or len(keys))
-    return {"keys": keys[:n], "facets": torch.cat([p["facets"] for p in parts])[:n], "layers": parts[0]["layers"],
+    captions = [c for p in parts for c in p["captions"]]
+    return {"keys": keys[:n], "captions": captions[:n], "facets": torch.cat([p["facets"] for p in parts])[:n],
+            "layers": parts[0]["layers"],
             "seconds": sum(p["seconds"] for p in parts) * n / len(keys)}
 
 
@@ -174,12 +176,13 @@ def analogy(classes: torch.Tensor, names: list[str]) -> dict[str, float]:
     return {"top1": 100 * hits / n, "top1_among_heldout": 100 * hits_held / n, "n": n}
 
 
-def build_model(loss: str, scale: float | None, bias: float | None, image_size: int):
+def build_model(loss: str, scale: float | None, bias: float | None, image_size: int, tower: tuple[int, ...]):
     from frozenvl.backbones.vit import VisionTransformerConfig
     from frozenvl.flame.model import FlameModel, flame_config
 
-    config = flame_config("tiny", text_dim=576, vision=VisionTransformerConfig(image_size, 8, 128, 4, 4),
-                          head_hidden=512, sampled_facets=3, loss=loss)
+    patch, width, layers, heads, head_hidden = tower
+    config = flame_config("tiny", text_dim=576, head_hidden=head_hidden, sampled_facets=3, loss=loss,
+                          vision=VisionTransformerConfig(image_size, patch, width, layers, heads))
     model = FlameModel(config)
     if scale is not None:
         model.loss.logit_scale.data.fill_(math.log(scale))
@@ -188,14 +191,15 @@ def build_model(loss: str, scale: float | None, bias: float | None, image_size: 
     return model
 
 
-def train_row(images: torch.Tensor, text: torch.Tensor, row: dict, steps: int, seed: int = 0,
-              batch_size: int = 64):
+def train_row(images: torch.Tensor, text: torch.Tensor, row: dict, steps: int, tower: tuple[int, ...],
+              seed: int = 0, batch_size: int = 64):
     """FLAME image tower trained against fixed text facets (N, K, D); the engine's optimizer, schedule, clip."""
     from frozenvl.train.config import OptimConfig
     from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 
     torch.manual_seed(seed)
-    model = build_model(row.get("loss", "sigmoid"), row.get("scale"), row.get("bias"), images.shape[-1]).train()
+    model = build_model(row.get("loss", "sigmoid"), row.get("scale"), row.get("bias"), images.shape[-1],
+                        tower).train()
     optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05)
     opt = build_optimizer(model.named_parameters(), optim)
     g = torch.Generator().manual_seed(seed)
@@ -207,6 +211,40 @@ def train_row(images: torch.Tensor, text: torch.Tensor, row: dict, steps: int, s
         pos += batch_size
         set_lr(opt, lr_factor(step, optim, steps))
         out = model(images[idx], text[idx], generator=g)
+        opt.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        last = out["loss"].item()
+    return model.eval(), {"final_loss": last, "logit_scale": model.loss.logit_scale.exp().item()}
+
+
+def train_clip(images: torch.Tensor, captions: list[str], steps: int, tower: tuple[int, ...], seed: int = 0,
+               batch_size: int = 64):
+    """The CLIP baseline (``ComparisonConfig``'s text tower: BPE, 2 layers x 128) on the same images, tower and
+    recipe as :func:`train_row`."""
+    from frozenvl.backbones.vit import VisionTransformerConfig
+    from frozenvl.flame.baseline import ClipBaseline, baseline_config
+    from frozenvl.train.config import OptimConfig
+    from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
+
+    torch.manual_seed(seed)
+    patch, width, layers, heads, head_hidden = tower
+    model = ClipBaseline(baseline_config("tiny", 576, {"width": 128, "layers": 2, "heads": 4}, {"max_length": 77},
+                                         vision=VisionTransformerConfig(images.shape[-1], patch, width, layers, heads),
+                                         head_hidden=head_hidden)).train()
+    ids = model.tokenize(captions)["input_ids"]  # (N, 77)
+    optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05)
+    opt = build_optimizer(model.named_parameters(), optim)
+    g = torch.Generator().manual_seed(seed)
+    order, pos, last = torch.randperm(len(images), generator=g), 0, None
+    for step in range(steps):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(images), generator=g), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        set_lr(opt, lr_factor(step, optim, steps))
+        out = model(images[idx], ids[idx])
         opt.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,7 +280,7 @@ def sweep(args) -> None:
     classes = {p: torch.load(out / f"classes-{p}.pt") for p in ("raw", "short")}
     layers = classes["raw"]["layers"]
     names = classes["raw"]["classnames"]
-    results = {"collinearity": {}, "rows": []}
+    results = {"collinearity": {}, "rows": [], "steps": args.steps, "tower": args.tower}
     for p, store in stores.items():  # the first 500 captions' facets
         for li, layer in enumerate(layers):
             x = F.normalize(store["facets"][:500, :, li].float().reshape(-1, 576), dim=-1)
@@ -269,9 +307,19 @@ def sweep(args) -> None:
         if prompts not in stores:
             continue
         li = layers.index(layer)
+        if row.get("clip"):  # the CLIP baseline: its own text tower on the same captions
+            model, training = train_clip(images, stores[prompts]["captions"], args.steps, tuple(args.tower))
+            cls = model.text_encoder().encode([f"{n}." for n in names])  # (C, 1, D)
+            scores = {"clip/mean_embedding": {split: zero_shot(model, data, cls, "mean_embedding")
+                                              for split, data in evals.items()}}
+            results["rows"].append({**row, "training": training, "scores": scores,
+                                    "seconds": round(time.perf_counter() - t, 1)})
+            print(json.dumps(results["rows"][-1]), flush=True)
+            (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+            continue
         text = F.normalize(stores[prompts]["facets"][:, :, li].float(), dim=-1)  # (N, K, D), as a store holds them
         centre = text.mean(dim=(0, 1)) if row.get("centre") else torch.zeros(text.shape[-1])  # (D,)
-        model, training = train_row(images, text - centre, row, args.steps)
+        model, training = train_row(images, text - centre, row, args.steps, tuple(args.tower))
         scores = {}
         for cls_prompts in row.get("class_prompts", ["raw"]):
             cls = F.normalize(classes[cls_prompts]["facets"][:, :, li].float(), dim=-1) - centre  # (C, K, D)
@@ -281,20 +329,27 @@ def sweep(args) -> None:
         results["rows"].append({**row, "training": training, "scores": scores,
                                 "seconds": round(time.perf_counter() - t, 1)})
         print(json.dumps(results["rows"][-1]), flush=True)
-        (out / "sweep.json").write_text(json.dumps(results, indent=1))
+        (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     print(format_sweep(results))
 
 
-DEFAULT_ROWS = [
-    {"name": "default (short, layer 29, sigmoid 10/-10)", "class_prompts": ["raw", "short"],
-     "aggregates": ["mean_embedding", "mean_similarity"]},
-    {"name": "centred", "centre": True, "class_prompts": ["raw", "short"],
-     "aggregates": ["mean_embedding", "mean_similarity"]},
-]
+DEFAULT_ROWS = [dict(name=name, **row) for name, row in {  # the rows of docs/flame.md's ablation table
+    "default (short, layer 29, sigmoid 10/-10)": {"class_prompts": ["raw", "short"],
+                                                  "aggregates": ["mean_embedding", "mean_similarity"]},
+    "centred": {"centre": True, "class_prompts": ["raw", "short"], "aggregates": ["mean_embedding", "mean_similarity"]},
+    "sigmoid init 100/-100": {"scale": 100.0, "bias": -100.0},
+    "infonce (scale 1/0.07)": {"loss": "infonce"},
+    "centred, layer 22": {"centre": True, "layer": 22},
+    "centred, layer 30 (final norm)": {"centre": True, "layer": 30},
+    "layer 22": {"layer": 22},
+    "centred, layer 15": {"centre": True, "layer": 15},
+    "CLIP baseline (BPE, 2 x 128)": {"clip": True},
+}.items()]
 
 
 def format_sweep(results: dict) -> str:
-    lines = ["collinearity (cosine between different captions' facets; 500 captions x K facets):",
+    lines = ["collinearity (cosine between different captions' facets: the first <= 500 training captions x K "
+             "facets, and the 36 class prompts):",
              f"{'embeddings':<26} {'mean cos':>9} {'std':>6} {'top PC share':>13} {'centred mean cos':>17} "
              "analogy top-1 % of 36 (raw, centred), of the 6 held-out (raw, centred)"]
     for name, c in results["collinearity"].items():
@@ -334,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--steps", type=int, default=200)
     w.add_argument("--image-size", type=int, default=64)
     w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--tower", type=int, nargs=5, default=[8, 128, 4, 4, 512],
+                   metavar=("PATCH", "WIDTH", "LAYERS", "HEADS", "HEAD_HIDDEN"),
+                   help="the image tower (default: ComparisonConfig's, 8 128 4 4 512)")
+    w.add_argument("--name", default="sweep", help="results file: OUT/NAME.json")
     w.add_argument("--max-pairs", type=int, help="train on the first N embedded captions (default: all)")
     w.add_argument("--rows", help='JSON {name: {centre, loss, scale, bias, layer, prompts, class_prompts, '
                                   'aggregates}} (default: the built-in rows)')
