@@ -28,6 +28,7 @@ ABLATIONS: dict[str, list[str]] = {
     "vanilla_ungated": ["model.flamingo.xattn_kind=vanilla", "model.flamingo.gating=none"],
     "attend_all_previous": ["model.flamingo.only_attend_immediate=false"],
     "placement_openflamingo": ["model.flamingo.placement=openflamingo"],
+    "placement_upper": ["model.flamingo.placement=upper"],
     "every_layer": ["model.flamingo.cross_attn_every=1"],
     "resampler_mlp": ["model.flamingo.resampler=mlp"],
     "resampler_transformer": ["model.flamingo.resampler=transformer"],
