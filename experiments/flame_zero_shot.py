@@ -191,32 +191,40 @@ def build_model(loss: str, scale: float | None, bias: float | None, image_size: 
     return model
 
 
-def train_row(images: torch.Tensor, text: torch.Tensor, row: dict, steps: int, tower: tuple[int, ...],
-              seed: int = 0, batch_size: int = 64):
-    """FLAME image tower trained against fixed text facets (N, K, D); the engine's optimizer, schedule, clip."""
+def _fit(model, n: int, forward, steps: int, seed: int, batch_size: int):
+    """The one training recipe of every row: AdamW lr 1e-3 (the engine's optimizer, warmup 50, cosine to 5 %),
+    gradient clip 1.0, reshuffled epochs of ``batch_size`` of the ``n`` items; ``forward(idx, generator)`` gives
+    the model's output dict with its ``loss``."""
     from frozenvl.train.config import OptimConfig
     from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 
-    torch.manual_seed(seed)
-    model = build_model(row.get("loss", "sigmoid"), row.get("scale"), row.get("bias"), images.shape[-1],
-                        tower).train()
     optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05)
     opt = build_optimizer(model.named_parameters(), optim)
     g = torch.Generator().manual_seed(seed)
-    order, pos, last = torch.randperm(len(images), generator=g), 0, None
+    order, pos, last = torch.randperm(n, generator=g), 0, None
     for step in range(steps):
         if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=g), 0
+            order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         set_lr(opt, lr_factor(step, optim, steps))
-        out = model(images[idx], text[idx], generator=g)
+        out = forward(idx, g)
         opt.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         last = out["loss"].item()
     return model.eval(), {"final_loss": last, "logit_scale": model.loss.logit_scale.exp().item()}
+
+
+def train_row(images: torch.Tensor, text: torch.Tensor, row: dict, steps: int, tower: tuple[int, ...],
+              seed: int = 0, batch_size: int = 64):
+    """FLAME image tower trained against fixed text facets (N, K, D); the engine's optimizer, schedule, clip."""
+    torch.manual_seed(seed)
+    model = build_model(row.get("loss", "sigmoid"), row.get("scale"), row.get("bias"), images.shape[-1],
+                        tower).train()
+    return _fit(model, len(images), lambda idx, g: model(images[idx], text[idx], generator=g), steps, seed,
+                batch_size)
 
 
 def train_clip(images: torch.Tensor, captions: list[str], steps: int, tower: tuple[int, ...], seed: int = 0,
@@ -225,8 +233,6 @@ def train_clip(images: torch.Tensor, captions: list[str], steps: int, tower: tup
     recipe as :func:`train_row`."""
     from frozenvl.backbones.vit import VisionTransformerConfig
     from frozenvl.flame.baseline import ClipBaseline, baseline_config
-    from frozenvl.train.config import OptimConfig
-    from frozenvl.train.optim import build_optimizer, lr_factor, set_lr
 
     torch.manual_seed(seed)
     patch, width, layers, heads, head_hidden = tower
@@ -234,23 +240,7 @@ def train_clip(images: torch.Tensor, captions: list[str], steps: int, tower: tup
                                          vision=VisionTransformerConfig(images.shape[-1], patch, width, layers, heads),
                                          head_hidden=head_hidden)).train()
     ids = model.tokenize(captions)["input_ids"]  # (N, 77)
-    optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=50, schedule="cosine", min_lr_ratio=0.05)
-    opt = build_optimizer(model.named_parameters(), optim)
-    g = torch.Generator().manual_seed(seed)
-    order, pos, last = torch.randperm(len(images), generator=g), 0, None
-    for step in range(steps):
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=g), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
-        set_lr(opt, lr_factor(step, optim, steps))
-        out = model(images[idx], ids[idx])
-        opt.zero_grad()
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        last = out["loss"].item()
-    return model.eval(), {"final_loss": last, "logit_scale": model.loss.logit_scale.exp().item()}
+    return _fit(model, len(images), lambda idx, g: model(images[idx], ids[idx]), steps, seed, batch_size)
 
 
 def zero_shot(model, data, classes: torch.Tensor, aggregate: str) -> dict:
