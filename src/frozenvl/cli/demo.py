@@ -47,7 +47,7 @@ class DemoPlan:
     pages_batch: int = 2  # interleaved pages per step; most are in-context naming ("words") pages
     words_pages: float = 12.0  # weight of the "words" page theme in the world (caption, qa, count: 1 each)
     icl_trials: int = 3  # demonstration draws of synth_icl_words per shot count
-    placement: str = "upper"  # FlamingoConfig.placement of the cross-attention blocks
+    placement: str = "first"  # FlamingoConfig.placement; "upper" (cheaper steps) barely looked on the validation world
     lr: float = 5.0e-4  # at 1e-3 the attention gates never opened on the validation world (docs/evaluation.md)
     flame_eval: int = 100  # images per FLAME evaluation split (retrieval: one long caption each, in 4 languages)
 
