@@ -314,10 +314,14 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None, *, max_member
         with tarfile.open(fileobj=stream, mode="r|*") as tar:  # streaming mode: no seek, constant memory
             for info in tar:
                 if not info.isfile():
+                    if info.type not in tarfile.SUPPORTED_TYPES:  # data of a type tarfile does not know
+                        skips.add("bad_member", f"{path}: {info.name} has the unknown type {info.type!r}")
+                        _skip_member(tar, info)  # else tarfile steps through its declared size 10 KB at a time
                     continue
                 parts = split_member_name(info.name)
                 if parts is None:
                     skips.add("bad_member", f"{path}: {info.name}")
+                    _skip_member(tar, info)
                     continue
                 key, ext = parts
                 n_members += 1
