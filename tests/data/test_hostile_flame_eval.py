@@ -99,3 +99,17 @@ def test_bad_templates_and_limit_are_one_line_before_any_model_loads(tmp_path, c
     assert re.search(message, err), err
     assert main([*args[:-2], "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template", ["a photo.", "a {} and a {}.", "a {name}.", "a {photo of {}."])
+def test_the_library_zero_shot_classifier_refuses_a_template_without_exactly_one_field(template):
+    """Without '{}' every class got the same prompt (silently); with two or a named field formatting failed with
+    IndexError/KeyError. Refused before anything is encoded."""
+    from frozenvl.flame.inference import zero_shot_classifier
+
+    class Encoder:
+        def encode(self, captions):
+            raise AssertionError(f"encoded {captions} before the templates were checked")
+
+    with pytest.raises(ValueError, match=r"must hold exactly one '\{\}'"):
+        zero_shot_classifier(Encoder(), ["cat", "dog"], ["a photo of a {}.", template])

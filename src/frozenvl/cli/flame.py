@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import string
 import sys
 from pathlib import Path
 
@@ -208,9 +207,10 @@ def _run_eval(args) -> dict:
 
 
 def _read_templates(path: str) -> list[str]:
-    """Class-name templates, one per line, each with exactly one ``{}`` (literal braces doubled): a template
-    without it would give every class the same prompt, one with two fails at formatting. One error names the
-    file and line."""
+    """Class-name templates, one per line, each checked by :func:`~frozenvl.flame.inference.check_class_template`
+    (exactly one ``{}``). One error names the file and line."""
+    from frozenvl.flame.inference import check_class_template
+
     if not Path(path).is_file():  # missing, a folder, or a FIFO whose read would block
         raise ValueError(f"--templates {path} is not a file")
     try:
@@ -222,12 +222,9 @@ def _read_templates(path: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(line) if name is not None]
-        except ValueError as e:  # a single { or }
-            fields = [f"invalid ({e})"]
-        if fields != [""]:
-            raise ValueError(f"--templates {path}:{number}: {line!r} must hold exactly one '{{}}' for the class "
-                             f"name (literal braces doubled), found {len(fields)} fields")
+            check_class_template(line)
+        except ValueError as e:
+            raise ValueError(f"--templates {path}:{number}: {e}") from None
         templates.append(line)
     if not templates:
         raise ValueError(f"--templates {path} holds no template")

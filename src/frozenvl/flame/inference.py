@@ -9,6 +9,7 @@ Text aggregation over the K facets of a caption:
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 
 import torch
@@ -64,6 +65,19 @@ def similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> tor
     return torch.einsum("md,nkd->mnk", image_features, text_features).mean(dim=2)
 
 
+def check_class_template(template: str) -> None:
+    """A class-name template holds exactly one ``{}`` (literal braces doubled): without it every class would get
+    the same prompt, with two or a named field formatting fails. A ValueError names the template otherwise."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # a single { or }
+        raise ValueError(f"{template!r} must hold exactly one '{{}}' for the class name (literal braces doubled), "
+                         f"found an invalid field ({e})") from None
+    if fields != [""]:
+        raise ValueError(f"{template!r} must hold exactly one '{{}}' for the class name (literal braces doubled), "
+                         f"found {len(fields)} fields")
+
+
 @torch.no_grad()
 def zero_shot_classifier(encoder, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_CLASS_TEMPLATES,
                          aggregate: str = "mean_embedding", batch_size: int = 32) -> torch.Tensor:
@@ -74,6 +88,8 @@ def zero_shot_classifier(encoder, classnames: Sequence[str], templates: Sequence
     """
     if not classnames or not templates:
         raise ValueError("zero-shot classification needs class names and at least one template")
+    for template in templates:  # checked before any caption is encoded
+        check_class_template(template)
     captions = [t.format(c) for c in classnames for t in templates]
     chunks = [encoder.encode(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
     facets = F.normalize(torch.cat(chunks).float(), dim=-1)  # (C*T, K, D)
