@@ -83,7 +83,7 @@ def tar_with(path: Path, members: list[tuple[str, bytes]], declared: dict[str, i
         raw = bytearray(path.read_bytes())
         for name, size in declared.items():
             at = raw.find(name.encode())
-            raw[at + 124:at + 136] = f"{size:011o}\0".encode()
+            raw[at + 124:at + 136] = tarfile.itn(size, 12, tarfile.GNU_FORMAT)  # base-256 past 8 GiB, 12 bytes
             header = raw[at:at + 512]
             header[148:156] = b" " * 8
             raw[at + 148:at + 156] = f"{sum(header):06o}\0 ".encode()
