@@ -4,10 +4,13 @@ training of a tiny Flamingo on the CPU (compared with the same model in float32)
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from frozenvl.cli import main
 from frozenvl.flame.baseline import ClipBaseline, baseline_config
@@ -15,7 +18,12 @@ from frozenvl.flame.model import FlameModel, flame_config
 from frozenvl.flamingo import Flamingo, build
 from frozenvl.testing import TINY_FLAMINGO, images, save_tiny_backbones, tiny_lm, tiny_tokenizer, tiny_vision
 
-MODEL_COMMANDS = [["generate"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"], ["compare"]]
+MODEL_COMMANDS = [["demo"], ["generate"], ["train"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"],
+                  ["compare"]]
+# These write, convert or count shards and run no model, so they take neither option.
+DATA_COMMANDS = [["data", "synth"], ["data", "convert", "folder"], ["data", "convert", "coco"],
+                 ["data", "convert", "vqav2"], ["data", "convert", "mmc4"], ["data", "convert", "video"],
+                 ["data", "inspect"]]
 BF16 = torch.bfloat16
 
 
@@ -47,6 +55,35 @@ def backbone_folders(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ the commands
+def _leaf_commands() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command of ``frozenvl`` down to its last subcommand, with its parser (a delegated group's own)."""
+    import importlib
+
+    from frozenvl.cli.main import DELEGATED, build_parser
+
+    def leaves(parser, path):
+        groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not groups:
+            return {path: parser}
+        found = {}
+        for name, sub in groups[0].choices.items():
+            if not path and name in DELEGATED:  # the group parses its own arguments
+                sub = importlib.import_module(DELEGATED[name][0]).build_parser()
+            found.update(leaves(sub, (*path, name)))
+        return found
+
+    return leaves(build_parser(), ())
+
+
+def test_every_command_is_listed_and_exactly_the_model_commands_take_device_and_dtype():
+    commands = _leaf_commands()
+    assert sorted(commands) == sorted(tuple(c) for c in MODEL_COMMANDS + DATA_COMMANDS)  # a new command is listed
+    for command, parser in commands.items():
+        options = {o for action in parser._actions for o in action.option_strings}
+        takes = {"--device", "--dtype"} <= options
+        assert takes == (list(command) in MODEL_COMMANDS), command
+
+
 @pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
 def test_every_model_command_takes_device_and_dtype(command, capsys):
     with pytest.raises(SystemExit) as e:
@@ -60,7 +97,7 @@ def test_every_model_command_takes_device_and_dtype(command, capsys):
 def test_cuda_without_a_gpu_is_one_error_line(command, no_gpu, tmp_path, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"key": "a", "caption": "a red cube"}) + "\n")
-    rest = {"generate": ["--prompt", "hello"],
+    rest = {"generate": ["--prompt", "hello"], "demo": ["--out", str(tmp_path / "demo")], "train": [],
             "eval": ["--task", "synth_icl_words", "--data", str(tmp_path)],
             "embed": ["--input", str(captions), "--out", str(tmp_path / "store")],
             "eval-flame": ["--checkpoint", str(tmp_path), "--task", "retrieval", "--format", "karpathy",
@@ -72,6 +109,59 @@ def test_cuda_without_a_gpu_is_one_error_line(command, no_gpu, tmp_path, capsys)
     assert code != 0
     assert len(err.splitlines()) == 1, err  # one line, no traceback
     assert "--device cuda: CUDA is not available" in err
+    assert not (tmp_path / "demo").exists()  # refused before any work
+
+
+def test_train_reads_device_and_dtype_as_train_device_and_precision(no_gpu, capsys):
+    from frozenvl.cli.train import main as train
+
+    config = ["--config", str(Path(__file__).parents[1] / "configs" / "flamingo_tiny_cpu.yaml"), "--print-config"]
+    for flags, device, precision in ((["--device", "cpu", "--dtype", "bfloat16"], "cpu", "bf16"),
+                                     (["--dtype", "auto"], "auto", "fp32"),  # auto on the CPU: float32
+                                     (["train.precision=bf16"], "auto", "bf16")):  # without flags: the config's
+        assert train([*config, *flags]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)["train"]
+        assert (printed["device"], printed["precision"]) == (device, precision), flags
+    assert train([*config, "--device", "cpu", "train.device=cuda"]) == 2
+    assert "--device and the override train.device= both given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the engine trains in float32 or bfloat16 autocast
+        train([*config, "--dtype", "float16"])
+
+
+def test_demo_runs_every_stage_on_the_chosen_device_and_dtype(tmp_path, monkeypatch, capsys):
+    """Every stage gets --device (training as its run config's train.device), the evaluated Flamingo and FLAME's
+    LLM get --dtype; without --dtype they keep the plan's (None reaches the stages)."""
+    from types import SimpleNamespace
+
+    from frozenvl.cli import demo
+    from frozenvl.train.config import RunConfig
+
+    seen = {}
+
+    def fake_flamingo(out, world, plan, device):  # the run config the training stage writes, read by the engine
+        seen["train.device"] = RunConfig.from_dict(demo.flamingo_run_config(world, out, plan, device)).train.device
+        return out / "checkpoint"
+
+    def fake_load(path, device=None, dtype=None):
+        seen["eval"] = (path, device, dtype)
+        return torch.nn.Identity(), None
+
+    monkeypatch.setattr("frozenvl.cli.threads.apply_thread_policy", lambda: SimpleNamespace(describe=lambda: "1"))
+    monkeypatch.setattr("frozenvl.data.synth.split_glob", lambda world, split: [f"{split}.tar"])
+    monkeypatch.setattr(demo, "_pair_shards", lambda world: ["a.tar", "b.tar"])
+    monkeypatch.setattr(demo, "stage_world", lambda out, plan: out / "world")
+    monkeypatch.setattr(demo, "stage_flamingo", fake_flamingo)
+    monkeypatch.setattr(demo, "stage_fewshot", lambda out, world, trained, plan: trained() and {})
+    monkeypatch.setattr(demo, "stage_image_reliance", lambda *args: {})
+    monkeypatch.setattr(demo, "stage_flame", lambda out, plan, device, dtype: seen.update(flame=(device, dtype)))
+    monkeypatch.setattr(demo, "write_report", lambda *args: seen.update(report=args[-1]) or args[0] / "report.md")
+    monkeypatch.setattr("frozenvl.flamingo.load_pretrained", fake_load)
+    out, cpu = tmp_path / "demo", torch.device("cpu")
+    for flags, dtype in ((["--dtype", "bfloat16"], BF16), ([], None)):
+        seen.clear()
+        assert main(["demo", "--out", str(out), "--device", "cpu", *flags]) == 0, capsys.readouterr().err
+        assert seen == {"train.device": "cpu", "eval": (out / "checkpoint", cpu, dtype), "flame": (cpu, dtype),
+                        "report": "cpu"}, flags
 
 
 def test_generate_runs_the_model_in_the_chosen_dtype(backbone_folders, monkeypatch, capsys):

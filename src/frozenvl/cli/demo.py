@@ -1,4 +1,4 @@
-"""``frozenvl demo``: the main job on the embedded default, offline, on CPU.
+"""``frozenvl demo``: the main job on the embedded default, offline, on the CPU (or a GPU: ``--device``).
 
 Stages (each is skipped when its output already exists, so a re-run reuses what is computed):
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from frozenvl.cli.devices import add_device_arguments
 from frozenvl.files import write_text_atomic
 
 
@@ -90,8 +91,9 @@ def _pair_shards(world: Path) -> list[str]:
     return world_split_shards(world, "pairs")
 
 
-def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str, Any]:
-    """The run config of the demo's Flamingo: written beside the run, loadable with ``frozenvl train``."""
+def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str = "auto") -> dict[str, Any]:
+    """The run config of the demo's Flamingo: written beside the run, loadable with ``frozenvl train``
+    (``device``: its ``train.device``)."""
     from frozenvl.data.synth import split_glob
 
     pairs = _pair_shards(world)
@@ -127,7 +129,8 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan) -> dict[str,
                   "warmup_steps": min(10, plan.flamingo_steps // 2), "schedule": "cosine", "min_lr_ratio": 0.1,
                   "grad_clip": 1.0},
         "train": {"run_dir": str(run_dir), "steps": plan.flamingo_steps, "precision": "bf16", "log_every": 5,
-                  "eval_every": plan.eval_every, "checkpoint_every": plan.eval_every, "keep_checkpoints": 2},
+                  "eval_every": plan.eval_every, "checkpoint_every": plan.eval_every, "keep_checkpoints": 2,
+                  "device": device},
     }
 
 
@@ -139,7 +142,7 @@ def _final_checkpoint(run_dir: Path, steps: int) -> Path | None:
     return final if final.exists() else None
 
 
-def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
+def stage_flamingo(out: Path, world: Path, plan: DemoPlan, device: str = "auto") -> Path:
     from frozenvl.train.config import load_config
     from frozenvl.train.loop import RUN_CONFIG_NAME, run_outputs, train
 
@@ -150,7 +153,8 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan) -> Path:
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME
-    write_text_atomic(config_path, yaml.safe_dump(flamingo_run_config(world, run_dir, plan), sort_keys=False))
+    write_text_atomic(config_path, yaml.safe_dump(flamingo_run_config(world, run_dir, plan, device),
+                                                  sort_keys=False))
     resume = bool(run_outputs(run_dir))  # a run killed before its first checkpoint resumes from scratch
     _say(f"[2/5] Flamingo: training {plan.flamingo_steps} steps on pairs + interleaved pages "
          f"({'resuming' if resume else 'from scratch'}; config {config_path}) ...")
@@ -229,9 +233,11 @@ def flame_llm_dtype() -> str:
     return "bfloat16" if any(check is not None and check() for check in fast) else "float32"
 
 
-def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
+def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None) -> dict[str, Any]:
     """FLAME (frozen SmolLM2 facet embeddings) vs the CLIP baseline: same image tower, data and steps; retrieval
-    scored per caption language (both trained on English pairs), figures with n and 95 % Wilson intervals."""
+    scored per caption language (both trained on English pairs), figures with n and 95 % Wilson intervals.
+    ``device``: where the LLM embeds and the towers train (default: the CPU); ``dtype``: the LLM's (default:
+    :func:`flame_llm_dtype`)."""
     import torch
 
     from frozenvl.cli.compare import ComparisonConfig, format_table, headline, run_comparison
@@ -243,7 +249,7 @@ def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
         _say(f"[4/5] FLAME vs CLIP baseline: reusing {result_path}")
         results = json.loads(result_path.read_text())
     else:
-        dtype = flame_llm_dtype()
+        dtype = str(dtype).removeprefix("torch.") if dtype is not None else flame_llm_dtype()
         _say(f"[4/5] FLAME vs CLIP baseline: {plan.flame_captions} captions through the frozen SmolLM2 (FDA, "
              f"{dtype}), then {plan.flame_steps} steps for each model; retrieval in "
              f"{'/'.join(FLAME_LANGUAGES)} on {plan.flame_eval} images ...")
@@ -251,7 +257,7 @@ def stage_flame(out: Path, plan: DemoPlan) -> dict[str, Any]:
                                   steps=plan.flame_steps, batch_size=64 if plan.flame_steps >= 100 else 16,
                                   warmup_steps=max(1, min(50, plan.flame_steps // 5)), threads=None,
                                   languages=FLAME_LANGUAGES)
-        results = run_comparison(config, dtype=getattr(torch, dtype))
+        results = run_comparison(config, device=device, dtype=getattr(torch, dtype))
     summary = flame_summary(results)
     figures = {"long_captions": plot_long_captions(summary, flame_dir / "long_captions_zero_shot.png")}
     if summary["languages"]:  # a results.json of an older demo has English only
@@ -350,8 +356,8 @@ def flame_section(flame: dict[str, Any]) -> list[str]:
 
 
 def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str, Any], flame: dict[str, Any],
-                 timings: dict[str, float], reliance: dict[str, float] | None = None, threads: str | None = None
-                 ) -> Path:
+                 timings: dict[str, float], reliance: dict[str, float] | None = None, threads: str | None = None,
+                 device: str = "cpu") -> Path:
     from frozenvl.train.loop import METRICS_NAME
 
     curve = _training_curve(checkpoint.parent.parent / METRICS_NAME, out / "training_curve.png")
@@ -360,7 +366,8 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
         "# frozenvl demo report",
         "",
         "Everything below was computed on this machine by `frozenvl demo`"
-        f"{' --quick' if plan == QUICK else ''}, offline, on the CPU.",
+        f"{' --quick' if plan == QUICK else ''}, offline, "
+        + ("on the CPU." if device == "cpu" else f"on {device}."),
         "",
         "## Setup",
         "",
@@ -413,14 +420,21 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
     write_text_atomic(out / "results.json", json.dumps({
         "plan": asdict(plan), "checkpoint": str(checkpoint), "held_out_loss": held,
         "fewshot": fewshot, "image_reliance": reliance, "flame": flame, "seconds": timings, "threads": threads,
+        "device": device,
     }, indent=2, default=str) + "\n")
     return report
 
 
-def run_demo(out: Path, quick: bool = False) -> Path:
+def run_demo(out: Path, quick: bool = False, device: Any = None, dtype: Any = None) -> Path:
+    """``device``: where every stage's model runs (a ``torch.device``; default: cuda when a GPU is available, else
+    the CPU); ``dtype``: the evaluated Flamingo's and FLAME's frozen LLM's (default: the plan's, see ``--help``);
+    training keeps the plan's bfloat16 autocast either way."""
+    from frozenvl.cli.devices import engine_device, resolve_device
     from frozenvl.cli.threads import apply_thread_policy
 
     plan = QUICK if quick else FULL
+    device = resolve_device(None) if device is None else device
+    engine = engine_device(device)  # before any work: the engine trains on cpu or cuda
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     threads = apply_thread_policy().describe()  # the cores actually free (frozenvl.cli.threads)
@@ -433,20 +447,20 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         return result
 
     world = timed("world", stage_world, out, plan)
-    checkpoint = timed("flamingo training", stage_flamingo, out, world, plan)
+    checkpoint = timed("flamingo training", stage_flamingo, out, world, plan, engine)
 
     @functools.cache
     def trained() -> tuple[Any, Any]:  # the trained Flamingo, loaded once and only if a stage needs it
         from frozenvl.flamingo import load_pretrained
 
-        model, processor = load_pretrained(checkpoint)
+        model, processor = load_pretrained(checkpoint, device=device, dtype=dtype)
         return model.eval(), processor
 
     fewshot = timed("few-shot evaluation", stage_fewshot, out, world, trained, plan)
     reliance = timed("image reliance", stage_image_reliance, out, world, trained, plan.reliance_pairs)
     trained.cache_clear()  # free it before FLAME
-    flame = timed("FLAME", stage_flame, out, plan)
-    report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance, threads)
+    flame = timed("FLAME", stage_flame, out, plan, device, dtype)
+    report = write_report(out, plan, checkpoint, fewshot, flame, timings, reliance, threads, str(device))
     _say(f"[5/5] report: {report}  (total {sum(timings.values()) / 60:.1f} min)")
     return report
 
@@ -455,7 +469,8 @@ def describe_demo(plan: DemoPlan = FULL) -> str:
     """``demo --help``: what the demo does, from the plan it runs (so the text follows the plan)."""
     shots = "/".join(str(s) for s in plan.shots)
     return (
-        "The main job, offline on the CPU, in five stages (each reused when its output exists):\n"
+        "The main job, offline on the CPU (or on a GPU when there is one: --device), in five stages (each reused "
+        "when its output exists):\n"
         f"  1. world/      the synthetic world: {plan.n_pairs} image-text pairs, {plan.n_interleaved} interleaved "
         f"pages, {plan.n_video} videos\n"
         "  2. flamingo/   a Flamingo on frozen SmolLM2-135M + frozen EfficientNet-Lite0 (Perceiver Resampler, gated\n"
@@ -476,16 +491,27 @@ def describe_demo(plan: DemoPlan = FULL) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the main job on the embedded default (no internet, no GPU)",
+    demo = sub.add_parser("demo", help="run the main job on the embedded default (no internet; the CPU, or a GPU "
+                                       "when there is one)",
                           description=describe_demo(), formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); a re-run reuses the "
                                                          "stages already there")
     demo.add_argument("--quick", action="store_true",
                       help=f"a smoke test of every stage ({QUICK.flamingo_steps} training steps, "
                            f"{QUICK.icl_queries} + {QUICK.caption_queries} few-shot queries): minutes, not results")
+    add_device_arguments(demo, "every stage's model", devices="cpu or cuda (GPU 0; CUDA_VISIBLE_DEVICES picks "
+                                                            "another)",
+                         dtype_of="the evaluated Flamingo and FLAME's frozen LLM (training keeps the plan's "
+                                  "bfloat16 autocast)",
+                         unset_dtype="the plan's: the Flamingo evaluated in float32, FLAME's LLM in bfloat16 on a "
+                                     "CPU with bf16 instructions, else float32")
     demo.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), quick=args.quick)
+    from frozenvl.cli.devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = None if args.dtype is None else resolve_dtype(args.dtype, device)
+    run_demo(Path(args.out), quick=args.quick, device=device, dtype=dtype)
     return 0

@@ -3,7 +3,10 @@
 ``--device``: ``cuda`` when a GPU is available, else ``cpu`` (or ``cuda:1``, ``mps``...); a device this machine
 does not have is one error line. ``--dtype``: ``float32`` (default), ``bfloat16``, ``float16``, or ``auto``
 (bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on the CPU). The whole model is placed there
-in that dtype (``frozenvl.flamingo.build(dtype=, device=)``, ``from_pretrained(dtype=, device=)``).
+in that dtype (``frozenvl.flamingo.build(dtype=, device=)``, ``from_pretrained(dtype=, device=)``). ``frozenvl
+train`` reads them as ``train.device`` / ``train.precision`` (float32 or bfloat16 autocast) and ``frozenvl demo``
+keeps its plan's precisions without ``--dtype``. The data commands (``data synth/convert/inspect``) run no model
+and take neither.
 """
 
 from __future__ import annotations
@@ -17,15 +20,23 @@ from frozenvl.pretrained import DTYPES, as_device, as_dtype, default_device
 DTYPE_CHOICES = (*DTYPES, "auto")
 
 
-def add_device_arguments(parser: argparse.ArgumentParser, what: str = "the model") -> None:
+AUTO = "auto (bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on the CPU)"
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, what: str = "the model", *,
+                         devices: str = "cpu, cuda, cuda:N, mps",
+                         default_device: str = "cuda when a GPU is available, else cpu",
+                         dtype_choices: tuple[str, ...] = DTYPE_CHOICES,
+                         dtypes: str = f"float32, bfloat16, float16, or {AUTO}",
+                         unset_dtype: str | None = None, dtype_of: str | None = None) -> None:
     """Add ``--device`` and ``--dtype`` to a command's parser (read them with :func:`resolve_device` and
-    :func:`resolve_dtype`)."""
-    parser.add_argument("--device", default=None,
-                        help=f"where {what} runs: cpu, cuda, cuda:N, mps (default: cuda when a GPU is available, "
-                             "else cpu)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
-                        help=f"dtype of {what}: float32 (default), bfloat16, float16, or auto (bfloat16 on a GPU "
-                             "that supports it, float16 on an older GPU, float32 on the CPU)")
+    :func:`resolve_dtype`). ``devices`` / ``dtypes``: the values the command takes, described for its help;
+    ``default_device``: what no ``--device`` means. ``unset_dtype``: what no ``--dtype`` means for a command that
+    then keeps its own choice (``args.dtype`` is None); without it the default is float32. ``dtype_of``: what
+    ``--dtype`` sets, when that is not all of ``what``."""
+    parser.add_argument("--device", default=None, help=f"where {what} runs: {devices} (default: {default_device})")
+    parser.add_argument("--dtype", choices=dtype_choices, default=None if unset_dtype else "float32",
+                        help=f"dtype of {dtype_of or what}: {dtypes}; default: {unset_dtype or 'float32'}")
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from frozenvl.cli.devices import add_device_arguments, engine_device, resolve_device, resolve_dtype
 from frozenvl.cli.errors import one_line
 
 EXAMPLES = """\
@@ -20,6 +21,7 @@ examples:
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --overwrite       # delete the old run, start again
   frozenvl train --config configs/flamingo_tiny_cpu.yaml data.mixing=round_robin model.flamingo.gating=none
   torchrun --nproc_per_node 2 -m frozenvl.cli.train --config configs/flamingo_tiny_cpu.yaml train.distributed=fsdp
+  frozenvl train --config configs/flamingo_tiny_cpu.yaml --device cuda --dtype bfloat16
   frozenvl train --config configs/flamingo_tiny_cpu.yaml --print-config    # the resolved config, then exit
 
 overrides are key.path=value (value parsed as YAML); datasets are addressed by name or index:
@@ -76,19 +78,53 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensorboard/ (nothing else) and start again. Without --resume or --overwrite a run folder "
                         "holding a run is refused")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_device_arguments(p, "training", devices="cpu or cuda (GPU 0, or GPU LOCAL_RANK under torchrun); sets "
+                                                "train.device",
+                         default_device="the config's train.device; auto: cuda when a GPU is available, else cpu",
+                         dtype_choices=("float32", "bfloat16", "auto"),
+                         dtypes="float32, bfloat16 (autocast; the trainable weights stay float32) or auto "
+                                "(bfloat16 on a GPU that supports it, else float32)",
+                         unset_dtype="the config's train.precision", dtype_of="the training step (train.precision)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return p
 
 
+def load_with_device(args: argparse.Namespace):
+    """The run config of ``--config`` + overrides, with ``--device`` as ``train.device`` and ``--dtype`` as
+    ``train.precision`` (``fp32`` | ``bf16``); a flag and an override of the same key is a ``ValueError``, as is a
+    device this machine lacks or that the engine cannot train on."""
+    import torch
+
+    from frozenvl.train.config import load_config
+
+    overrides = list(args.overrides)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    for flag, value, key in (("--device", args.device, "train.device"), ("--dtype", args.dtype, "train.precision")):
+        if value is not None and key in given:
+            raise ValueError(f"{flag} and the override {key}= both given: use one")
+    if args.device is not None:
+        overrides.append(f"train.device={engine_device(resolve_device(args.device))}")
+    config = load_config(args.config, overrides)
+    if args.dtype is None:
+        return config
+    device = resolve_device(None if config.train.device == "auto" else config.train.device)
+    dtype = resolve_dtype(args.dtype, device)
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"  # auto's float16 (an older GPU): float32
+    return load_config(args.config, [*overrides, f"train.precision={precision}"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    from frozenvl.train.config import ConfigError, dump_config, load_config
+    from frozenvl.train.config import ConfigError, dump_config
 
     args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_with_device(args)
     except ConfigError as e:
         print(f"frozenvl train: config error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # --device: no such device here, or one the engine does not train on
+        print(f"frozenvl train: error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(dump_config(config), end="")
