@@ -62,3 +62,26 @@ def test_command_prints_the_table(toy, tmp_path, capsys):
     assert lines[-1].startswith("headline: 32 pairs, 2 steps") and "FLAME" in lines[-1] and "CLIP" in lines[-1]
     assert main(["compare", "--config", str(path), "stepz=2"]) == 2
     assert "unknown key stepz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["[" * 100_000 + "]" * 100_000, bytes(range(256)), "[1]", '{"splits": {}}'])
+def test_a_damaged_world_description_is_one_error_or_a_new_world(tmp_path, damage):
+    """A world.json nested too deeply was a RecursionError traceback, a binary one an error without its name, a
+    list or one without 'config' a TypeError/KeyError. A given world names the file; the comparison's own world
+    folder is generated again."""
+    from frozenvl.cli.compare import prepare_world
+    from frozenvl.data.synth import world_split_shards
+
+    given = tmp_path / "given"
+    given.mkdir()
+    write = (given / "world.json").write_bytes if isinstance(damage, bytes) else (given / "world.json").write_text
+    write(damage)
+    small = dict(n_pairs=8, n_eval=4, image_size=32, progress=False)
+    with pytest.raises(ValueError, match="world.json"):
+        prepare_world(ComparisonConfig(out=str(tmp_path / "out"), world=str(given), **small))
+    own = tmp_path / "out" / "world"
+    own.mkdir(parents=True)
+    write = (own / "world.json").write_bytes if isinstance(damage, bytes) else (own / "world.json").write_text
+    write(damage)
+    assert prepare_world(ComparisonConfig(out=str(tmp_path / "out"), **small)) == own
+    assert world_split_shards(own, "pairs")

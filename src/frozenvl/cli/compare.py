@@ -34,7 +34,7 @@ import torch
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype, engine_device
 from frozenvl.config import Config
-from frozenvl.files import write_text_atomic
+from frozenvl.files import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 MODELS = ("flame", "clip_baseline")
@@ -111,11 +111,18 @@ def prepare_world(config: ComparisonConfig) -> Path:
     meta_path = world / "world.json"
     needed = set(EVAL_SPLITS) - (set() if config.prompt_sets else {"retrieval_val"})  # validation: prompt_sets
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        same = {k: meta["config"].get(k) for k in ("seed", "image_size", "n_pairs", "n_eval")}
+        try:
+            meta = read_json(meta_path, "world description")
+            same = {k: meta["config"].get(k) for k in ("seed", "image_size", "n_pairs", "n_eval")}
+            complete = needed <= set(meta["splits"]) and \
+                set(config.languages) <= set(meta.get("caption_languages", ["en"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # binary, not JSON, too deep, other shape
+            if config.world:
+                raise ValueError(str(e) if isinstance(e, ValueError) else
+                                 f"world description {meta_path} is not one ({type(e).__name__}: {e})") from None
+            same, complete = None, False  # our own world folder: generated again
         if same == {"seed": wanted.seed, "image_size": wanted.image_size, "n_pairs": wanted.n_pairs,
-                    "n_eval": wanted.n_eval} and needed <= set(meta["splits"]) \
-                and set(config.languages) <= set(meta.get("caption_languages", ["en"])):
+                    "n_eval": wanted.n_eval} and complete:
             return world
         if config.world:
             raise ValueError(f"{world} was generated with other settings ({same}); use another folder")
