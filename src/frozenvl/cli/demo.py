@@ -128,7 +128,8 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str 
         "optim": {"lr": plan.lr, "gate_lr": 2.0e-2, "weight_decay": 0.1,
                   "warmup_steps": min(10, plan.flamingo_steps // 2), "schedule": "cosine", "min_lr_ratio": 0.1,
                   "grad_clip": 1.0},
-        "train": {"run_dir": str(run_dir), "steps": plan.flamingo_steps, "precision": "bf16", "log_every": 5,
+        "train": {"run_dir": str(run_dir), "steps": plan.flamingo_steps, "precision": training_precision(device),
+                  "log_every": 5,
                   "eval_every": plan.eval_every, "checkpoint_every": plan.eval_every, "keep_checkpoints": 2,
                   "device": device},
     }
@@ -222,15 +223,28 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
 FLAME_LANGUAGES = ["en", "fr", "es", "de"]
 
 
-def flame_llm_dtype() -> str:
-    """The frozen LLM's dtype in the demo: bfloat16 on a CPU with bf16 instructions (AVX512-BF16 or AMX): 3.0-3.2x
-    the captions/s of float32 there (SmolLM2-135M, short prompts, 1 thread), facet embeddings within cosine
-    0.9998 of float32 (0.9987 mean, 0.996 min after centring over the captions); float32 elsewhere, where bf16
-    matrix products are emulated. The store keeps float16 either way."""
+def flame_llm_dtype(device: Any = None) -> str:
+    """The frozen LLM's dtype in the demo: bfloat16 where bf16 products are native (a CPU with AVX512-BF16 or AMX,
+    a GPU with bf16; :func:`frozenvl.cli.devices.fast_bf16`): 3.0-3.2x the captions/s of float32 on such a CPU
+    (SmolLM2-135M, short prompts, 1 thread), facet embeddings within cosine 0.9998 of float32 (0.9987 mean, 0.996
+    min after centring over the captions); float32 elsewhere, where bf16 products are emulated. The store keeps
+    float16 either way."""
     import torch
 
-    fast = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return "bfloat16" if any(check is not None and check() for check in fast) else "float32"
+    from frozenvl.cli.devices import fast_bf16
+
+    return "bfloat16" if fast_bf16(torch.device("cpu") if device is None else device) else "float32"
+
+
+def training_precision(device: str = "auto") -> str:
+    """The demo's Flamingo training precision on the engine's ``train.device`` (``auto``, ``cpu`` or ``cuda``):
+    bf16 autocast where bf16 products are native (see :func:`flame_llm_dtype`), else fp32 (an AVX2-only CPU
+    emulates bf16 products, far slower than fp32). The plan's settings hold in both: on the validation world the
+    schedules gave the same gate behaviour in fp32 and bf16 (docs/evaluation.md)."""
+    import torch
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "bf16" if flame_llm_dtype(torch.device("cuda" if cuda else "cpu")) == "bfloat16" else "fp32"
 
 
 def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None) -> dict[str, Any]:
@@ -249,7 +263,7 @@ def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None
         _say(f"[4/5] FLAME vs CLIP baseline: reusing {result_path}")
         results = json.loads(result_path.read_text())
     else:
-        dtype = str(dtype).removeprefix("torch.") if dtype is not None else flame_llm_dtype()
+        dtype = str(dtype).removeprefix("torch.") if dtype is not None else flame_llm_dtype(device)
         _say(f"[4/5] FLAME vs CLIP baseline: {plan.flame_captions} captions through the frozen SmolLM2 (FDA, "
              f"{dtype}), then {plan.flame_steps} steps for each model; retrieval in "
              f"{'/'.join(FLAME_LANGUAGES)} on {plan.flame_eval} images ...")
@@ -358,8 +372,12 @@ def flame_section(flame: dict[str, Any]) -> list[str]:
 def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str, Any], flame: dict[str, Any],
                  timings: dict[str, float], reliance: dict[str, float] | None = None, threads: str | None = None,
                  device: str = "cpu") -> Path:
-    from frozenvl.train.loop import METRICS_NAME
+    from frozenvl.train.loop import METRICS_NAME, RUN_CONFIG_NAME
 
+    run_config = checkpoint.parent.parent / RUN_CONFIG_NAME
+    precision = (yaml.safe_load(run_config.read_text()) or {}).get("train", {}).get("precision") \
+        if run_config.is_file() else None
+    precision_text = {"bf16": "bf16 autocast", "fp32": "float32"}.get(precision or "", "precision as in its run config")
     curve = _training_curve(checkpoint.parent.parent / METRICS_NAME, out / "training_curve.png")
     held = curve["held_out_loss"]
     lines = [
@@ -378,7 +396,7 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
         f"- Flamingo: Perceiver Resampler (256-d, 2 layers, 16 latents), gated cross-attention before every 4th LM "
         f"layer (placement `{plan.placement}`); {plan.flamingo_steps} steps ({plan.pairs_batch} pairs + "
         f"{plan.pages_batch} interleaved pages each, mostly in-context naming pages, gradients accumulated), "
-        f"lr {plan.lr:g}, tanh-gate lr 2e-2, bf16 autocast.",
+        f"lr {plan.lr:g}, tanh-gate lr 2e-2, {precision_text}.",
         "",
         "## Training",
         "",
@@ -428,7 +446,7 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
 def run_demo(out: Path, quick: bool = False, device: Any = None, dtype: Any = None) -> Path:
     """``device``: where every stage's model runs (a ``torch.device``; default: cuda when a GPU is available, else
     the CPU); ``dtype``: the evaluated Flamingo's and FLAME's frozen LLM's (default: the plan's, see ``--help``);
-    training keeps the plan's bfloat16 autocast either way."""
+    training runs in bf16 autocast where bf16 products are native, else float32 (:func:`training_precision`)."""
     from frozenvl.cli.devices import engine_device, resolve_device
     from frozenvl.cli.threads import apply_thread_policy
 
@@ -476,8 +494,8 @@ def describe_demo(plan: DemoPlan = FULL) -> str:
         "  2. flamingo/   a Flamingo on frozen SmolLM2-135M + frozen EfficientNet-Lite0 (Perceiver Resampler, gated\n"
         f"                 cross-attention every 4th layer, placement {plan.placement}), {plan.flamingo_steps} "
         f"steps of {plan.pairs_batch} pairs +\n"
-        f"                 {plan.pages_batch} interleaved pages (mostly in-context naming pages), bf16 autocast, the "
-        "frozen\n"
+        f"                 {plan.pages_batch} interleaved pages (mostly in-context naming pages), bf16 autocast "
+        "where the CPU\n                 (AVX512-BF16/AMX) or GPU has bf16 products, else float32; the frozen\n"
         "                 encoder's features cached in features/ (model.feature_cache)\n"
         f"  3. fewshot/   synth_icl_words ({plan.icl_queries} queries x {plan.icl_trials} demonstration draws) and "
         f"synth_captioning ({plan.caption_queries}) at {shots} shots;\n"
@@ -501,8 +519,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            f"{QUICK.icl_queries} + {QUICK.caption_queries} few-shot queries): minutes, not results")
     add_device_arguments(demo, "every stage's model", devices="cpu or cuda (GPU 0; CUDA_VISIBLE_DEVICES picks "
                                                             "another)",
-                         dtype_of="the evaluated Flamingo and FLAME's frozen LLM (training keeps the plan's "
-                                  "bfloat16 autocast)",
+                         dtype_of="the evaluated Flamingo and FLAME's frozen LLM (training: bf16 autocast where "
+                                  "bf16 products are native, else float32)",
                          unset_dtype="the plan's: the Flamingo evaluated in float32, FLAME's LLM in bfloat16 on a "
                                      "CPU with bf16 instructions, else float32")
     demo.set_defaults(func=_run)

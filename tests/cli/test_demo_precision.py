@@ -1,0 +1,37 @@
+"""The demo trains in bf16 autocast only where bf16 matrix products are native: an AVX2-only CPU emulates them
+(measured 10-100x slower than float32), so there it trains in float32 and says so in its report."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from frozenvl.cli import demo, devices
+from frozenvl.train.config import RunConfig
+
+
+def test_fast_bf16_on_the_cpu_is_what_the_cpu_offers():
+    offered = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    assert devices.fast_bf16(torch.device("cpu")) == any(check is not None and check() for check in offered)
+    assert devices.fast_bf16(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize("fast, precision, llm", [(True, "bf16", "bfloat16"), (False, "fp32", "float32")])
+def test_the_run_config_and_the_llm_follow_the_cpu(monkeypatch, tmp_path, fast, precision, llm):
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: fast)
+    monkeypatch.setattr(demo, "_pair_shards", lambda world: ["a.tar", "b.tar"])
+    config = demo.flamingo_run_config(tmp_path / "world", tmp_path / "run", demo.FULL, "cpu")
+    assert RunConfig.from_dict(config).train.precision == precision
+    assert demo.flame_llm_dtype() == llm
+
+
+@pytest.mark.parametrize("precision, text", [("fp32", "float32."), ("bf16", "bf16 autocast.")])
+def test_the_report_names_the_precision_the_run_trained_in(tmp_path, precision, text):
+    run = tmp_path / "flamingo"
+    checkpoint = run / "checkpoints" / "step-00000006"
+    checkpoint.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"precision": precision}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/loss": 6.5}) + "\n")
+    report = demo.write_report(tmp_path, demo.QUICK, checkpoint, {}, {"table": "t", "headline": "h"}, {"world": 1.0})
+    assert f"tanh-gate lr 2e-2, {text}" in report.read_text()
