@@ -275,3 +275,34 @@ def test_an_unused_member_declaring_50_gb_is_read_past_in_large_steps(tmp_path, 
         assert [s["__key__"] for s in read_shard(path, skips)] == ["a"]
     assert time.perf_counter() - t0 < 2
     assert skips.counts["bad_member"] == 1 and skips.counts["truncated_shard"] == 1  # the 50 GB are not there
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_huge_extended_header_in_a_small_gzip_shard_is_refused_unread(tmp_path, kind):
+    """tarfile reads a GNU long name or a pax header whole before the member it describes: a 200 MB long name in a
+    915 KB .tar.gz took 1 GB of resident memory (and its 200 MB name went into the skip log). Refused on its
+    header block: the shard stops there, 'member_too_large'; the samples before it are kept."""
+    size = 48 << 20
+    path = tmp_path / "long.tar.gz"
+    def member(name: str, data: bytes, kind: bytes = tarfile.REGTYPE, size: int | None = None) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(data) if size is None else size
+        return info.tobuf(format=tarfile.USTAR_FORMAT) + (data.ljust(512, b"\0") if data else b"")
+
+    with gzip.open(path, "wb", compresslevel=1) as gz:  # written block by block: the header is not tarfile's
+        gz.write(member("a.txt", b"kept") + member("b.txt", b"being assembled when the shard stopped"))
+        gz.write(member("././@LongLink", b"", kind, size))
+        for _ in range(size >> 20):
+            gz.write(b"n" * (1 << 20))
+        gz.write(member("c.txt", b"its name is the long one") + bytes(1024))
+    assert path.stat().st_size < 300_000
+    skips = SkipCounter()
+    tracemalloc.start()
+    try:
+        keys = [s["__key__"] for s in read_shard(path, skips)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert keys == ["a"]
+    assert skips.as_dict() == {"member_too_large": 1}
+    assert peak < 16 << 20

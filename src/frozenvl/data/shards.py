@@ -263,6 +263,37 @@ def member_cap(ext: str, max_member_bytes: int = MAX_MEMBER_BYTES,
     return max_text_bytes if ext.rsplit(".", 1)[-1].lower() in TEXT_MEMBER_EXTS else max_member_bytes
 
 
+# Extended headers: tarfile reads their data whole into memory (a GNU long name, a pax record) before the member
+# they describe, so a 1 MB gzip shard could make it hold a 200 MB name.
+_EXTENDED_HEADERS = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                               tarfile.SOLARIS_XHDTYPE})
+
+
+class _HeaderTooLarge(tarfile.ReadError):
+    """An extended header declaring more bytes than its cap (the rest of the shard cannot be read without it)."""
+
+
+def _capped_headers(cap: int) -> type[tarfile.TarInfo]:
+    """A TarInfo class for ``tarfile.open(tarinfo=...)`` that refuses an extended header over ``cap`` bytes on its
+    512-byte header block, before tarfile reads its data."""
+
+    class CappedTarInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):
+            info = super().frombuf(buf, encoding, errors)
+            if info.type in _EXTENDED_HEADERS and info.size > cap:
+                raise _HeaderTooLarge(f"an extended header (type {info.type.decode()}) declares {info.size} bytes "
+                                      f"(cap {cap})")
+            return info
+
+    return CappedTarInfo
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    """A member name for a message: a long one (up to the header cap) is cut."""
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
+
+
 def _skip_member(tar: tarfile.TarFile, info: tarfile.TarInfo, chunk: int = 1 << 22) -> None:
     """Read past a member without keeping it, in large chunks: tarfile's own skip reads a streamed archive in
     10 KB steps, which takes seconds for a member that declares gigabytes (and, in a gzip stream, copies its
@@ -272,7 +303,7 @@ def _skip_member(tar: tarfile.TarFile, info: tarfile.TarInfo, chunk: int = 1 << 
     while left > 0:
         data = f.read(min(left, chunk))
         if not data:
-            raise tarfile.ReadError(f"member {info.name} is cut short")
+            raise tarfile.ReadError(f"member {_shown(info.name)} is cut short")
         left -= len(data)
 
 
@@ -311,16 +342,17 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None, *, max_member
             stream = _TailRecorder(gopen(str(path), "rb"))
         else:
             stream = _TailRecorder(open(path, "rb"))
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # streaming mode: no seek, constant memory
+        with tarfile.open(fileobj=stream, mode="r|*",  # streaming mode: no seek, constant memory
+                          tarinfo=_capped_headers(max_text_bytes)) as tar:
             for info in tar:
                 if not info.isfile():
                     if info.type not in tarfile.SUPPORTED_TYPES:  # data of a type tarfile does not know
-                        skips.add("bad_member", f"{path}: {info.name} has the unknown type {info.type!r}")
+                        skips.add("bad_member", f"{path}: {_shown(info.name)} has the unknown type {info.type!r}")
                         _skip_member(tar, info)  # else tarfile steps through its declared size 10 KB at a time
                     continue
                 parts = split_member_name(info.name)
                 if parts is None:
-                    skips.add("bad_member", f"{path}: {info.name}")
+                    skips.add("bad_member", f"{path}: {_shown(info.name)} has no key and extension")
                     _skip_member(tar, info)
                     continue
                 key, ext = parts
@@ -342,19 +374,19 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None, *, max_member
                     seen.add(key)
                     current = {"__key__": key, "__shard__": str(path)}
                 if ext in current:
-                    skips.add("duplicate_key", f"{path}: member {info.name} appears twice; the first was kept")
+                    skips.add("duplicate_key", f"{path}: member {_shown(info.name)} appears twice; the first was kept")
                     _skip_member(tar, info)
                     continue
                 cap = member_cap(ext, max_member_bytes, max_text_bytes)
                 if info.size > cap:
-                    skips.add("member_too_large", f"{path}: {info.name} declares {info.size} bytes (cap {cap})")
+                    skips.add("member_too_large", f"{path}: {_shown(info.name)} declares {info.size} bytes (cap {cap})")
                     current, dropped = None, key
                     _skip_member(tar, info)
                     continue
                 f = tar.extractfile(info)
                 data = f.read() if f is not None else b""
                 if len(data) != info.size:
-                    raise tarfile.ReadError(f"member {info.name} is cut short")
+                    raise tarfile.ReadError(f"member {_shown(info.name)} is cut short")
                 current[ext] = data
             end = tar.offset
         marked = stream.has_end_marker(end)
@@ -370,7 +402,8 @@ def read_shard(path: str | Path, skips: SkipCounter | None = None, *, max_member
                 stream.close()
             except OSError as status:
                 error = status
-        reason = "truncated_shard" if n_members else "unreadable_shard"
+        reason = "member_too_large" if isinstance(e, _HeaderTooLarge) else \
+            "truncated_shard" if n_members else "unreadable_shard"
         skips.add(reason, f"{path}: {type(error).__name__}: {error}")
         return
     finally:
