@@ -145,3 +145,16 @@ def test_a_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
     (tmp_path / "caps.csv").write_bytes("image,caption\na.png,a cat\n".encode("utf-8-sig"))  # as Excel saves
     report = convert_folder(img_dir, tmp_path / "caps.csv", tmp_path / "out", progress=False)
     assert report.written == 1 and keys(tmp_path / "out") == ["a_0"]
+
+
+def test_a_caption_the_reader_would_skip_is_counted_not_written(tmp_path):
+    """A caption over the reader's text cap (1 MiB) was written and reported as converted, then skipped unread
+    ('member_too_large') at every read of the shards."""
+    img_dir = images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    lines = [{"image": "a.png", "caption": "a cat"}, {"image": "b.png", "caption": "long " * (300 << 10)},
+             {"image": "c.png", "caption": "a cow"}]
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = convert_folder(img_dir, tmp_path / "caps.jsonl", tmp_path / "out", progress=False)
+    assert report.written == 2 and report.skipped.as_dict() == {"member_too_large": 1}
+    dataset = ShardDataset(tmp_path / "out", LoaderConfig(shuffle_shards=False, max_tokens=10_000))
+    assert sorted(s["key"] for s in dataset) == ["a_0", "c_2"] and dataset.skips.total == 0

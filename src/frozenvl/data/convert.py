@@ -42,7 +42,7 @@ from frozenvl.data.formats import (
     video_sample,
     vqa_record,
 )
-from frozenvl.data.shards import MAX_MEMBER_BYTES, ShardWriter
+from frozenvl.data.shards import MAX_MEMBER_BYTES, ShardWriter, member_cap
 from frozenvl.data.skips import BadSample, SkipCounter
 from frozenvl.data.video import check_sampling, find_video_file, read_video_frames
 
@@ -96,6 +96,18 @@ def load_image_bytes(path: Path, max_size: int | None = None, max_pixels: int = 
         raise BadSample("corrupt_image", f"{path}: {type(e).__name__}: {e}") from None
 
 
+def _over_cap(sample: RawSample) -> str | None:
+    """The first member of ``sample`` that the shard reader would skip unread (over its cap,
+    :func:`~frozenvl.data.shards.member_cap`: a caption over 1 MiB), described; None when every member fits."""
+    for ext, data in sample.items():
+        if ext.startswith("__"):
+            continue
+        size, cap = len(data.encode("utf-8") if isinstance(data, str) else data), member_cap(ext)
+        if size > cap:
+            return f"{sample['__key__']}.{ext}: {size} bytes (cap {cap})"
+    return None
+
+
 def _write(samples: Iterable[RawSample | BadSample], out_dir: str | Path, prefix: str, shard_size: int,
            total: int | None, progress: bool, report: ConvertReport | None = None) -> ConvertReport:
     report = report or ConvertReport()
@@ -106,6 +118,8 @@ def _write(samples: Iterable[RawSample | BadSample], out_dir: str | Path, prefix
                 report.skipped.add(s.reason, s.detail)
             elif s["__key__"] in keys:
                 report.skipped.add("duplicate_key", f"{s['__key__']}: the first record of this key was kept")
+            elif (too_large := _over_cap(s)) is not None:  # written, it would be skipped at every read
+                report.skipped.add("member_too_large", too_large)
             else:
                 keys.add(str(s["__key__"]))
                 w.write(s)
