@@ -175,9 +175,13 @@ def apply_override(tree: dict[str, Any], assignment: str, schema: type) -> None:
     if not sep or not key:
         raise ConfigError(f"override {assignment!r} must look like key.path=value")
     try:
+        if _flow_depth(raw) > MAX_YAML_DEPTH:  # PyYAML would recurse for seconds before its RecursionError
+            raise RecursionError
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"override {key}: the value is nested too deeply to read") from None
     parts = key.split(".")
     node: Any = tree
     for i, part in enumerate(parts):

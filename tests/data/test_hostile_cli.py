@@ -98,3 +98,11 @@ def test_delegated_commands_go_through_the_same_handler(capsys, monkeypatch):
     monkeypatch.setattr(data_cli, "main", command)
     assert main(["data", "inspect", "shards"]) == 2
     assert capsys.readouterr().err == "frozenvl data: error: [Errno 5] I/O error: 'shards/x.tar'\n"
+
+
+@pytest.mark.parametrize("command, key", [("train", "train.steps"), ("compare", "steps")])
+def test_a_deeply_nested_override_value_is_one_line(capsys, command, key):
+    """An override's value is YAML: 100k '[' was a RecursionError traceback after 9 s of PyYAML recursion."""
+    assert main([command, f"{key}=" + "[" * 100_000]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"override {key}" in err and "nested too deeply" in err and len(err.splitlines()) == 1
