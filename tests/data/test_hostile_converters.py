@@ -158,3 +158,26 @@ def test_a_caption_the_reader_would_skip_is_counted_not_written(tmp_path):
     assert report.written == 2 and report.skipped.as_dict() == {"member_too_large": 1}
     dataset = ShardDataset(tmp_path / "out", LoaderConfig(shuffle_shards=False, max_tokens=10_000))
     assert sorted(s["key"] for s in dataset) == ["a_0", "c_2"] and dataset.skips.total == 0
+
+
+def test_a_conversion_into_a_folder_holding_an_earlier_one_is_refused_unless_overwrite(tmp_path, capsys):
+    """Shards are named {prefix}-000000.tar on: a second conversion into the folder overwrote the first shards of
+    the earlier one and left the rest (3 samples converted, then 1: a reader of the folder got 3, two stale)."""
+    img_dir = images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    (tmp_path / "three.jsonl").write_text("".join(json.dumps({"image": f"{n}.png", "caption": f"a {n}"}) + "\n"
+                                                  for n in "abc"))
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": "c.png", "caption": "the new one"}) + "\n")
+    out = tmp_path / "out"
+    assert convert_folder(img_dir, tmp_path / "three.jsonl", out, shard_size=1, progress=False).written == 3
+    (out / "pairs-000007.tar.tmp").write_bytes(b"left by a killed conversion")
+    (out / "pairsx-000000.tar").write_bytes(b"")  # another prefix: never touched
+    with pytest.raises(FileExistsError, match=r"already holds 3 'pairs' shards"):
+        convert_folder(img_dir, tmp_path / "one.jsonl", out, shard_size=1, progress=False)
+    assert keys(out) == ["a_0", "b_1", "c_2"]  # the earlier conversion is intact
+    args = ["convert", "folder", str(img_dir), str(tmp_path / "one.jsonl"), str(out), "--shard-size", "1", "--quiet"]
+    assert data_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(out) in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert data_main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["pairs-000000.tar", "pairsx-000000.tar"]
+    assert keys(out) == ["c_0"]

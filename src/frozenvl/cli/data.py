@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
         q.add_argument("--max-size", type=int, default=None, help="downscale images whose longest side is larger")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace the shards of an earlier conversion with the same prefix in OUT (refused without)")
 
     f = csub.add_parser("folder", help="folder of images + CSV/JSONL captions -> image-text pairs",
                         description="Rows name an image (column image/file/filename/path) and a caption "
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("--shard-size", args.shard_size), ("--max-size", args.max_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1; got {value}")
-        kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet}
+        kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet,
+              "overwrite": args.overwrite}
         if args.source == "folder":
             report = conv.convert_folder(args.images, args.captions, args.out, prefix=args.prefix,
                                          image_column=args.image_column, caption_column=args.caption_column, **kw)

@@ -108,9 +108,26 @@ def _over_cap(sample: RawSample) -> str | None:
     return None
 
 
+def _claim_output(out_dir: Path, prefix: str, overwrite: bool) -> None:
+    """A conversion writes ``{prefix}-000000.tar`` on: the shards of an earlier one with the same prefix in the
+    folder would be partly overwritten and partly left to mix with the new ones. Refused (one error naming the
+    folder) unless ``overwrite``, which removes them first; the ``.tar.tmp`` of a killed conversion always goes."""
+    shard = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar(\.tmp)?")
+    old = sorted(p for p in out_dir.iterdir() if shard.fullmatch(p.name)) if out_dir.is_dir() else []
+    whole = [p for p in old if p.suffix == ".tar"]
+    if whole and not overwrite:
+        raise FileExistsError(f"output folder {out_dir} already holds {len(whole)} '{prefix}' shards ({whole[0].name}"
+                              f"{' ...' if len(whole) > 1 else ''}) of an earlier conversion: pass --overwrite "
+                              "(overwrite=True) to replace them, or give another folder or --prefix")
+    for p in old:
+        p.unlink()
+
+
 def _write(samples: Iterable[RawSample | BadSample], out_dir: str | Path, prefix: str, shard_size: int,
-           total: int | None, progress: bool, report: ConvertReport | None = None) -> ConvertReport:
+           total: int | None, progress: bool, report: ConvertReport | None = None,
+           overwrite: bool = False) -> ConvertReport:
     report = report or ConvertReport()
+    _claim_output(Path(out_dir), prefix, overwrite)
     keys: set[str] = set()  # over all shards: a key written twice would be two samples of one name
     with ShardWriter(out_dir, prefix, max_samples=shard_size) as w:
         for s in tqdm(samples, total=total, desc=f"convert {prefix}", disable=not progress):
@@ -235,7 +252,7 @@ def _check_columns(path: Path, rows: list[Any], image_column: str | None, captio
 
 def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | Path, *, shard_size: int = 1000,
                    prefix: str = "pairs", image_column: str | None = None, caption_column: str | None = None,
-                   max_size: int | None = None, progress: bool = True) -> ConvertReport:
+                   max_size: int | None = None, progress: bool = True, overwrite: bool = False) -> ConvertReport:
     """Pairs from a folder of images and a CSV/JSONL of rows {image, caption[, long_caption, key, language]}."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -260,7 +277,7 @@ def convert_folder(image_dir: str | Path, captions: str | Path, out_dir: str | P
                            long_caption=long_caption, language=row.get("language") or None)
 
     samples = (_guard(lambda i=i, row=row: one(i, row), f"{captions} row {i}") for i, row in enumerate(rows))
-    return _write(samples, out_dir, prefix, shard_size, len(rows), progress)
+    return _write(samples, out_dir, prefix, shard_size, len(rows), progress, overwrite=overwrite)
 
 
 def _load_json(path: str | Path, what: str) -> Any:
@@ -277,7 +294,7 @@ def _load_json(path: str | Path, what: str) -> Any:
 
 def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str | Path, *,
                  records: str = "pairs", shard_size: int = 1000, prefix: str | None = None,
-                 max_size: int | None = None, progress: bool = True) -> ConvertReport:
+                 max_size: int | None = None, progress: bool = True, overwrite: bool = False) -> ConvertReport:
     """COCO captions: records='pairs' (one pair per caption), 'caption' or 'retrieval' (one record per image)."""
     if records not in ("pairs", "caption", "retrieval"):
         raise ValueError(f"records must be 'pairs', 'caption' or 'retrieval', got {records!r}")
@@ -346,7 +363,7 @@ def convert_coco(captions_json: str | Path, image_dir: str | Path, out_dir: str 
     else:
         samples = (_guard(lambda i=i: per_image(i), f"{captions_json}: image {i!r}") for i in by_image)
         total = len(by_image)
-    return _write(samples, out_dir, prefix or f"coco-{records}", shard_size, total, progress, report)
+    return _write(samples, out_dir, prefix or f"coco-{records}", shard_size, total, progress, report, overwrite)
 
 
 def _index_images_by_id(image_dir: Path) -> dict[int, Path]:
@@ -361,7 +378,7 @@ def _index_images_by_id(image_dir: Path) -> dict[int, Path]:
 
 def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: str | Path, *,
                   annotations_json: str | Path | None = None, shard_size: int = 1000, prefix: str = "vqav2",
-                  max_size: int | None = None, progress: bool = True) -> ConvertReport:
+                  max_size: int | None = None, progress: bool = True, overwrite: bool = False) -> ConvertReport:
     """VQAv2: one record per question; answers from the annotations file (none for test splits)."""
     qs = _load_json(questions_json, "VQAv2 questions file")
     if not isinstance(qs, dict) or not isinstance(qs.get("questions"), list):
@@ -400,11 +417,12 @@ def convert_vqav2(questions_json: str | Path, image_dir: str | Path, out_dir: st
                                                                     "has_answers": annotations_json is not None})
 
     samples = (_guard(lambda q=q: one(q), f"{questions_json}: question {i}") for i, q in enumerate(qs["questions"]))
-    return _write(samples, out_dir, prefix, shard_size, len(qs["questions"]), progress)
+    return _write(samples, out_dir, prefix, shard_size, len(qs["questions"]), progress, overwrite=overwrite)
 
 
 def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, *, shard_size: int = 1000,
-                 prefix: str = "mmc4", max_size: int | None = None, progress: bool = True) -> ConvertReport:
+                 prefix: str = "mmc4", max_size: int | None = None, progress: bool = True,
+                 overwrite: bool = False) -> ConvertReport:
     """MMC4 documents (one JSON per line: text_list, image_info[{image_name, matched_text_index, matched_sim}])
     -> interleaved pages; each image is placed before the sentence it is matched to, as in MMC4's usage."""
     path = Path(jsonl)
@@ -450,13 +468,13 @@ def convert_mmc4(jsonl: str | Path, image_dir: str | Path, out_dir: str | Path, 
 
     samples = (_guard(lambda n=n, line=line: one(n, line), f"{path}:{n}") for n, line in enumerate(lines)
                if line.strip())
-    return _write(samples, out_dir, prefix, shard_size, len(lines), progress, report)
+    return _write(samples, out_dir, prefix, shard_size, len(lines), progress, report, overwrite)
 
 
 def convert_videos(video_dir: str | Path, captions: str | Path, out_dir: str | Path, *, fps: float = 1.0,
                    max_frames: int | None = None, shard_size: int = 1000, prefix: str = "videos",
                    video_column: str | None = None, caption_column: str | None = None, max_size: int | None = None,
-                   image_format: str = "jpg", progress: bool = True) -> ConvertReport:
+                   image_format: str = "jpg", progress: bool = True, overwrite: bool = False) -> ConvertReport:
     """Video-text pairs from a folder of video files and a CSV/JSONL of rows {video, caption[, key]}: each video
     decoded at ``fps`` (at most ``max_frames`` frames spread over the clip, :func:`read_video_frames`), frames
     stored as ``image_format`` (JPEG by default: natural frames) and downscaled to ``max_size`` when asked. A row
@@ -506,4 +524,4 @@ def convert_videos(video_dir: str | Path, captions: str | Path, out_dir: str | P
                             image_format=image_format)
 
     samples = (_guard(lambda i=i, row=row: one(i, row), f"{captions} row {i}") for i, row in enumerate(rows))
-    return _write(samples, out_dir, prefix, shard_size, len(rows), progress)
+    return _write(samples, out_dir, prefix, shard_size, len(rows), progress, overwrite=overwrite)
