@@ -106,3 +106,22 @@ def test_a_deeply_nested_override_value_is_one_line(capsys, command, key):
     assert main([command, f"{key}=" + "[" * 100_000]) == 2
     err = capsys.readouterr().err.strip()
     assert f"override {key}" in err and "nested too deeply" in err and len(err.splitlines()) == 1
+
+
+def test_flame_and_data_print_an_error_spanning_lines_on_one_line(tmp_path, capsys, monkeypatch):
+    """A loader's message may span lines (transformers' 'could not load ... Check your internet connection ...'):
+    flame embed --lm printed it on two."""
+    from frozenvl.cli import flame as flame_cli
+    from frozenvl.data import convert as conv
+
+    def fails(*args, **kwargs):
+        raise OSError("could not load causal LM 'x':\nCheck your internet connection")
+
+    monkeypatch.setattr(flame_cli, "_run_embed", fails)
+    monkeypatch.setattr(conv, "convert_folder", fails)
+    (tmp_path / "c.jsonl").write_text('{"key": "a", "caption": "b"}\n')
+    for argv in (["flame", "embed", "--input", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "s"), "--lm", "x"],
+                 ["data", "convert", "folder", str(tmp_path), str(tmp_path / "c.jsonl"), str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("could not load causal LM 'x': Check your internet connection") and "\n" not in err

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype, engine_device
+from frozenvl.cli.errors import one_line
 from frozenvl.config import Config
 from frozenvl.files import read_json, write_text_atomic
 
@@ -460,13 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             apply_override(tree, assignment, ComparisonConfig)
         config = ComparisonConfig.from_dict(tree)
     except ConfigError as e:
-        print(f"frozenvl compare: config error: {e}", file=sys.stderr)
+        print(f"frozenvl compare: config error: {one_line(e)}", file=sys.stderr)
         return 2
     try:
         device, dtype = device_and_dtype(args)
         engine_device(device)
     except ValueError as e:
-        print(f"frozenvl compare: error: {e}", file=sys.stderr)
+        print(f"frozenvl compare: error: {one_line(e)}", file=sys.stderr)
         return 2
     results = run_comparison(config, device, dtype)
     print(json.dumps({k: results[k] for k in ("embedding", "seconds")}))

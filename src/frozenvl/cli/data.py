@@ -16,6 +16,7 @@ import json
 import sys
 from collections import Counter
 
+from frozenvl.cli.errors import one_line
 from frozenvl.data import convert as conv
 from frozenvl.data.synth import EVAL_SPLITS, PAGE_THEMES, SPLIT_IDS, TRAIN_SPLITS, WorldConfig, generate_world
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary())
         return 0
     except (ValueError, OSError) as e:  # a bad argument or input, a full disk: one line
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
+from frozenvl.cli.errors import one_line
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import check_writable, write_text_atomic
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _run_embed(args) if args.command == "embed" else _run_eval(args)
     except (StoreMismatchError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)  # a loader's message may span lines
         return 2
     text = json.dumps(result, indent=1)
     if getattr(args, "out", None) and args.command == "eval":
