@@ -199,4 +199,4 @@ def test_page_themes_weights(tmp_path, capsys):
     for bad in (["poems=1"], ["words=-1"], ["words"], ["caption=0", "qa=0", "count=0", "words=0"]):
         assert main(["synth", str(tmp_path / "x"), "--splits", "pairs", "--page-themes", *bad, "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error:") and "themes" in err, err
+        assert err.startswith("frozenvl data: error:") and "themes" in err, err

@@ -139,6 +139,7 @@ def test_flame_eval_refuses_a_text_encoder_other_than_the_towers(tmp_path, capsy
     assert flame_main([*args, "--lm", str(other)]) == 2
     err = capsys.readouterr().err
     assert "another text encoder" in err and "fingerprint" in err and len(_errors(err)) == 1
+    assert _errors(err)[0].startswith("frozenvl flame: error: ")  # the prefix of every command's errors
     assert flame_main([*args, "--layer", "2"]) == 2
     assert "layer 3 then, 2 now" in capsys.readouterr().err
     # The same weights under another path are the same encoder; the recorded one is the default.

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 
-from frozenvl.cli.errors import one_line
+from frozenvl.cli.errors import run_command
 from frozenvl.data import convert as conv
 from frozenvl.data.synth import EVAL_SPLITS, PAGE_THEMES, SPLIT_IDS, TRAIN_SPLITS, WorldConfig, generate_world
 
@@ -118,43 +117,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "synth":
-            cfg = WorldConfig(seed=args.seed, image_size=args.image_size, image_format=args.image_format,
-                              shard_size=args.shard_size, n_pairs=args.pairs, n_interleaved=args.interleaved,
-                              n_video=args.video, n_eval=args.eval, n_episodes=args.episodes, n_way=args.n_way,
-                              k_shot=args.k_shot, frames=args.frames, workers=args.workers,
-                              splits=tuple(args.splits), page_themes=_page_themes(args.page_themes))
-            meta = generate_world(args.out, cfg, progress=not args.quiet)
-            print(f"wrote the synthetic world to {args.out} in {meta['seconds']:.1f} s")
-            return 0
-        if args.command == "inspect":
-            return _inspect(args.shards)
-        for flag, value in (("--shard-size", args.shard_size), ("--max-size", args.max_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1; got {value}")
-        kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet,
-              "overwrite": args.overwrite}
-        if args.source == "folder":
-            report = conv.convert_folder(args.images, args.captions, args.out, prefix=args.prefix,
-                                         image_column=args.image_column, caption_column=args.caption_column, **kw)
-        elif args.source == "coco":
-            report = conv.convert_coco(args.captions_json, args.images, args.out, records=args.records, **kw)
-        elif args.source == "vqav2":
-            report = conv.convert_vqav2(args.questions_json, args.images, args.out,
-                                        annotations_json=args.annotations, **kw)
-        elif args.source == "video":
-            report = conv.convert_videos(args.videos, args.captions, args.out, fps=args.fps,
-                                         max_frames=args.max_frames, prefix=args.prefix,
-                                         video_column=args.video_column, caption_column=args.caption_column,
-                                         image_format=args.image_format, **kw)
-        else:
-            report = conv.convert_mmc4(args.jsonl, args.images, args.out, **kw)
-        print(report.summary())
+    # A bad argument or input, a full disk (ValueError, OSError): the one line "frozenvl data: error: ...", as for
+    # every command (also when this main is called directly).
+    return run_command("data", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        cfg = WorldConfig(seed=args.seed, image_size=args.image_size, image_format=args.image_format,
+                          shard_size=args.shard_size, n_pairs=args.pairs, n_interleaved=args.interleaved,
+                          n_video=args.video, n_eval=args.eval, n_episodes=args.episodes, n_way=args.n_way,
+                          k_shot=args.k_shot, frames=args.frames, workers=args.workers,
+                          splits=tuple(args.splits), page_themes=_page_themes(args.page_themes))
+        meta = generate_world(args.out, cfg, progress=not args.quiet)
+        print(f"wrote the synthetic world to {args.out} in {meta['seconds']:.1f} s")
         return 0
-    except (ValueError, OSError) as e:  # a bad argument or input, a full disk: one line
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    if args.command == "inspect":
+        return _inspect(args.shards)
+    for flag, value in (("--shard-size", args.shard_size), ("--max-size", args.max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1; got {value}")
+    kw = {"shard_size": args.shard_size, "max_size": args.max_size, "progress": not args.quiet,
+          "overwrite": args.overwrite}
+    if args.source == "folder":
+        report = conv.convert_folder(args.images, args.captions, args.out, prefix=args.prefix,
+                                     image_column=args.image_column, caption_column=args.caption_column, **kw)
+    elif args.source == "coco":
+        report = conv.convert_coco(args.captions_json, args.images, args.out, records=args.records, **kw)
+    elif args.source == "vqav2":
+        report = conv.convert_vqav2(args.questions_json, args.images, args.out,
+                                    annotations_json=args.annotations, **kw)
+    elif args.source == "video":
+        report = conv.convert_videos(args.videos, args.captions, args.out, fps=args.fps,
+                                     max_frames=args.max_frames, prefix=args.prefix,
+                                     video_column=args.video_column, caption_column=args.caption_column,
+                                     image_format=args.image_format, **kw)
+    else:
+        report = conv.convert_mmc4(args.jsonl, args.images, args.out, **kw)
+    print(report.summary())
+    return 0
 
 
 def _page_themes(pairs: list[str] | None) -> dict[str, float]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from frozenvl.cli.devices import add_device_arguments, device_and_dtype
-from frozenvl.cli.errors import one_line
+from frozenvl.cli.errors import run_command
 from frozenvl.constants import CONFIG_NAME, WEIGHTS_NAME
 from frozenvl.files import check_writable, write_text_atomic
 
@@ -234,13 +233,13 @@ def _read_templates(path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from frozenvl.flame.store import StoreMismatchError
+    # A bad input (a ValueError or OSError, StoreMismatchError included) is the one line "frozenvl flame: error:
+    # ...", as for every command (also when this main is called directly).
+    return run_command("flame", lambda: _run(args))
 
-    try:
-        result = _run_embed(args) if args.command == "embed" else _run_eval(args)
-    except (StoreMismatchError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)  # a loader's message may span lines
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    result = _run_embed(args) if args.command == "embed" else _run_eval(args)
     text = json.dumps(result, indent=1)
     if getattr(args, "out", None) and args.command == "eval":
         write_text_atomic(args.out, text + "\n")
