@@ -62,3 +62,18 @@ def test_image_reliance_stage_batches_held_out_pairs_through_the_runs_feature_ca
     assert result["samples"] == 10 and result["gain_ci95"] is not None  # batches of 4, 4 and 2
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) >= 10  # right and blank frames stored
     assert json.loads((tmp_path / "fewshot" / "image_reliance.json").read_text()) == result
+
+
+def test_damaged_reuse_files_are_one_error_and_a_cut_metrics_line_is_not_plotted(tmp_path):
+    (tmp_path / "fewshot").mkdir()
+    (tmp_path / "fewshot" / "image_reliance.json").write_text("[" * 5000)  # nested too deeply for json
+    with pytest.raises(ValueError, match="image-reliance result .*image_reliance.json"):
+        demo.stage_image_reliance(tmp_path, tmp_path / "world", trained=None)
+    (tmp_path / "flame").mkdir()
+    (tmp_path / "flame" / "results.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ValueError, match="FLAME result .*results.json"):
+        demo.stage_flame(tmp_path, demo.QUICK)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 0, "eval/loss": 6.5}) + "\n" + json.dumps({"step": 5, "eval/loss": 3.0})
+                       + "\n" + '{"step": 10, "eval/lo')  # the last line cut by a kill
+    assert demo._training_curve(metrics, tmp_path / "curve.png")["held_out_loss"] == [(0, 6.5), (5, 3.0)]

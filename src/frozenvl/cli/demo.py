@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from frozenvl.cli.devices import add_device_arguments
-from frozenvl.files import write_text_atomic
+from frozenvl.files import read_json, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def stage_image_reliance(out: Path, world: Path, trained: Callable[[], tuple[Any
     path = out / "fewshot" / "image_reliance.json"
     if path.exists():
         _say(f"[3/5] image reliance: reusing {path}")
-        return json.loads(path.read_text())
+        return read_json(path, "the demo's image-reliance result")
     model, processor = trained()
     held_out = _pair_shards(world)[0]
     samples = [s for _, s in zip(range(n), ShardDataset(held_out, LoaderConfig(shuffle_shards=False)))]
@@ -261,7 +261,7 @@ def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None
     result_path = flame_dir / "results.json"
     if result_path.exists():
         _say(f"[4/5] FLAME vs CLIP baseline: reusing {result_path}")
-        results = json.loads(result_path.read_text())
+        results = read_json(result_path, "the demo's FLAME result")
     else:
         dtype = str(dtype).removeprefix("torch.") if dtype is not None else flame_llm_dtype(device)
         _say(f"[4/5] FLAME vs CLIP baseline: {plan.flame_captions} captions through the frozen SmolLM2 (FDA, "
@@ -289,7 +289,12 @@ def _training_curve(metrics: Path, png: Path) -> dict[str, Any]:
     train: dict[str, list[tuple[int, float]]] = {}
     held_out: list[tuple[int, float]] = []
     for line in metrics.read_text().splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by a kill mid-write (the engine drops it on resume): not plotted
+            continue
+        if not isinstance(row, dict):
+            continue
         step = row.get("step", 0)
         if "eval/loss" in row:
             held_out.append((step, row["eval/loss"]))
