@@ -61,6 +61,18 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
+
+def _read_keys_traced(path) -> tuple[list[str], SkipCounter, int]:
+    """The keys read_shard yields from ``path``, its skips and the peak of Python memory traced while reading."""
+    skips = SkipCounter()
+    tracemalloc.start()
+    try:
+        keys = [s["__key__"] for s in read_shard(path, skips)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return keys, skips, peak
+
 def test_new_skip_reasons_are_documented():
     for reason in ("not_a_file", "member_too_large", "duplicate_key", "image_token_in_text"):
         assert reason in SKIP_REASONS
@@ -90,13 +102,7 @@ def test_a_huge_caption_in_a_small_gzip_shard_is_skipped_in_bounded_memory(tmp_p
         add(tar, "after.png", png_bytes())
         add(tar, "after.txt", b"another caption")
     assert path.stat().st_size < 300_000
-    skips = SkipCounter()
-    tracemalloc.start()
-    try:
-        keys = [s["__key__"] for s in read_shard(path, skips)]
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    keys, skips, peak = _read_keys_traced(path)
     assert keys == ["before", "after"]
     assert skips.as_dict() == {"member_too_large": 1}
     assert peak < 32 << 20  # the caption is never held whole (old: over 3 copies of it)
@@ -296,13 +302,7 @@ def test_a_huge_extended_header_in_a_small_gzip_shard_is_refused_unread(tmp_path
             gz.write(b"n" * (1 << 20))
         gz.write(member("c.txt", b"its name is the long one") + bytes(1024))
     assert path.stat().st_size < 300_000
-    skips = SkipCounter()
-    tracemalloc.start()
-    try:
-        keys = [s["__key__"] for s in read_shard(path, skips)]
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    keys, skips, peak = _read_keys_traced(path)
     assert keys == ["a"]
     assert skips.as_dict() == {"member_too_large": 1}
     assert peak < 16 << 20
