@@ -127,6 +127,6 @@ def test_a_full_disk_during_synth_is_one_line_and_leaves_no_partial_shard(tmp_pa
             "--splits", "pairs"]
     assert data_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"frozenvl data: error: [Errno 28] could not write the synthetic world into {tmp_path / 'w'}: No space left on "
-                   "device"]
+    assert err == [f"frozenvl data: error: [Errno 28] could not write the synthetic world into {tmp_path / 'w'}: "
+                   "No space left on device"]
     assert not list((tmp_path / "w").rglob("*.tmp")) and not (tmp_path / "w" / "world.json").exists()
