@@ -243,8 +243,10 @@ def training_precision(device: str = "auto") -> str:
     schedules gave the same gate behaviour in fp32 and bf16 (docs/evaluation.md)."""
     import torch
 
+    from frozenvl.cli.devices import fast_bf16
+
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return "bf16" if flame_llm_dtype(torch.device("cuda" if cuda else "cpu")) == "bfloat16" else "fp32"
+    return "bf16" if fast_bf16(torch.device("cuda" if cuda else "cpu")) else "fp32"
 
 
 def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None) -> dict[str, Any]:
@@ -379,11 +381,12 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
                  device: str = "cpu") -> Path:
     from frozenvl.train.loop import METRICS_NAME, RUN_CONFIG_NAME
 
-    run_config = checkpoint.parent.parent / RUN_CONFIG_NAME
+    run_dir = checkpoint.parent.parent
+    run_config = run_dir / RUN_CONFIG_NAME
     precision = (yaml.safe_load(run_config.read_text()) or {}).get("train", {}).get("precision") \
         if run_config.is_file() else None
     precision_text = {"bf16": "bf16 autocast", "fp32": "float32"}.get(precision or "", "precision as in its run config")
-    curve = _training_curve(checkpoint.parent.parent / METRICS_NAME, out / "training_curve.png")
+    curve = _training_curve(run_dir / METRICS_NAME, out / "training_curve.png")
     held = curve["held_out_loss"]
     lines = [
         "# frozenvl demo report",
