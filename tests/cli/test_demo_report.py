@@ -18,7 +18,8 @@ def test_help_describes_the_demo_that_runs(capsys):
                  f"synth_icl_words ({plan.icl_queries} queries x {plan.icl_trials} demonstration draws)",
                  f"{plan.pages_batch} interleaved pages", f"placement {plan.placement}",
                  f"{plan.reliance_pairs} held-out pairs",
-                 f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training"):
+                 f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training",
+                 f"then {plan.icl_steps} steps of {plan.icl_pairs_batch} pairs + {plan.icl_pages_batch} pages"):
         assert fact in " ".join(text.split()), fact
 
 
@@ -77,3 +78,33 @@ def test_damaged_reuse_files_are_one_error_and_a_cut_metrics_line_is_not_plotted
     metrics.write_text(json.dumps({"step": 0, "eval/loss": 6.5}) + "\n" + json.dumps({"step": 5, "eval/loss": 3.0})
                        + "\n" + '{"step": 10, "eval/lo')  # the last line cut by a kill
     assert demo._training_curve(metrics, tmp_path / "curve.png")["held_out_loss"] == [(0, 6.5), (5, 3.0)]
+
+
+def test_the_in_context_stage_continues_the_first_with_its_own_batch_and_rates(tmp_path, monkeypatch):
+    from frozenvl.train.config import RunConfig
+
+    monkeypatch.setattr(demo, "_pair_shards", lambda world: ["a.tar", "b.tar"])
+    plan = demo.FULL
+    first = RunConfig.from_dict(demo.flamingo_run_config(tmp_path / "world", tmp_path / "flamingo", plan, "cpu"))
+    look = tmp_path / "flamingo" / "checkpoints" / "step-00000200"
+    second = RunConfig.from_dict(demo.flamingo_run_config(tmp_path / "world", tmp_path / demo.ICL_RUN, plan, "cpu",
+                                                          init_from=look))
+    assert first.model.init_from is None and second.model.init_from == str(look)
+    assert (first.train.steps, second.train.steps) == (plan.flamingo_steps, plan.icl_steps)
+    assert [d.batch_size for d in first.data.datasets] == [plan.pairs_batch, plan.pages_batch]
+    assert [d.batch_size for d in second.data.datasets] == [plan.icl_pairs_batch, plan.icl_pages_batch]
+    assert (second.optim.lr, second.optim.gate_lr) == (plan.icl_lr, plan.icl_gate_lr)
+    assert (first.optim.lr, first.optim.gate_lr) == (plan.lr, 2.0e-2)
+    # Both stages read and write one feature cache: the second stage's pairs were encoded by the first.
+    assert first.model.feature_cache_dir == second.model.feature_cache_dir == str(tmp_path / "features")
+
+
+def test_the_training_curve_puts_the_second_stage_after_the_first(tmp_path):
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in ({"step": 0, "eval/loss": 6.5}, {"step": 10, "loss/pairs": 2.0},
+                                                         {"step": 10, "eval/loss": 1.5})) + "\n")
+    second.write_text("\n".join(json.dumps(r) for r in ({"step": 0, "eval/loss": 1.5}, {"step": 5, "loss/pairs": 1.0},
+                                                          {"step": 5, "eval/loss": 1.2})) + "\n")
+    curve = demo._training_curve([first, second], tmp_path / "curve.png")
+    assert curve["held_out_loss"] == [(0, 6.5), (10, 1.5), (15, 1.2)]  # the second stage's step 0 is not repeated
+    assert (tmp_path / "curve.png").stat().st_size > 0

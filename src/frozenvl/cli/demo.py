@@ -18,7 +18,7 @@ import argparse
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +51,23 @@ class DemoPlan:
     placement: str = "first"  # FlamingoConfig.placement; "upper" (cheaper steps) barely looked on the validation world
     lr: float = 5.0e-4  # at 1e-3 the attention gates never opened on the validation world (docs/evaluation.md)
     flame_eval: int = 100  # images per FLAME evaluation split (retrieval: one long caption each, in 4 languages)
+    # The second training stage (0 steps: none), continuing the first: mostly in-context naming pages, so that the
+    # model learns to take a picture's name from earlier pictures of its prompt (docs/evaluation.md).
+    icl_steps: int = 0
+    icl_pairs_batch: int = 4  # image-caption pairs kept in every step: pages alone make the model forget captions
+    icl_pages_batch: int = 6
+    icl_lr: float = 1.0e-3
+    icl_gate_lr: float = 5.0e-3  # the gates are open after the first stage; its 2e-2 was for opening them
 
 
 # Settings chosen on a validation world (frozenvl data synth --seed 1, not the demo's seed 0); docs/evaluation.md.
-FULL = DemoPlan(n_pairs=3000, n_interleaved=600, n_video=20, n_eval=100, n_episodes=40, flamingo_steps=200,
+FULL = DemoPlan(n_pairs=3000, n_interleaved=3000, n_video=20, n_eval=100, n_episodes=40, flamingo_steps=200,
                 pairs_batch=16, eval_every=100, icl_queries=240, caption_queries=50, shots=(0, 4, 8),
-                flame_captions=500, flame_steps=150, reliance_pairs=200, flame_eval=100)
+                flame_captions=500, flame_steps=150, reliance_pairs=200, flame_eval=100, icl_steps=300)
 QUICK = DemoPlan(n_pairs=300, n_interleaved=60, n_video=30, n_eval=40, n_episodes=6, flamingo_steps=6, pairs_batch=4,
                  eval_every=3, icl_queries=4, caption_queries=2, shots=(0, 4), flame_captions=60, flame_steps=10,
-                 pages_batch=1, icl_trials=1,
-                  reliance_pairs=8, flame_eval=20)
+                 pages_batch=1, icl_trials=1, reliance_pairs=8, flame_eval=20, icl_steps=4, icl_pairs_batch=2,
+                 icl_pages_batch=2)
 
 
 def _say(message: str) -> None:
@@ -91,13 +98,20 @@ def _pair_shards(world: Path) -> list[str]:
     return world_split_shards(world, "pairs")
 
 
-def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str = "auto") -> dict[str, Any]:
+def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str = "auto",
+                        init_from: Path | None = None) -> dict[str, Any]:
     """The run config of the demo's Flamingo: written beside the run, loadable with ``frozenvl train``
-    (``device``: its ``train.device``)."""
+    (``device``: its ``train.device``). Without ``init_from``: the first stage, from scratch (``plan.flamingo_steps``
+    steps that open the visual pathway); with it: the in-context stage continuing that checkpoint
+    (``plan.icl_steps`` steps, mostly in-context naming pages, its own batch and learning rates)."""
     from frozenvl.data.synth import split_glob
 
     pairs = _pair_shards(world)
-    return {
+    icl = init_from is not None
+    steps = plan.icl_steps if icl else plan.flamingo_steps
+    pairs_batch, pages_batch = (plan.icl_pairs_batch, plan.icl_pages_batch) if icl else (plan.pairs_batch,
+                                                                                          plan.pages_batch)
+    config = {
         "model": {
             "lm": "embedded:smollm2-135m",
             "vision": "embedded:efficientnet-lite0",
@@ -112,11 +126,11 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str 
         "data": {
             "mixing": "accumulate",
             "datasets": [
-                {"name": "pairs", "shards": pairs[1:], "weight": 1.0, "batch_size": plan.pairs_batch},
+                {"name": "pairs", "shards": pairs[1:], "weight": 1.0, "batch_size": pairs_batch},
                 # Pages whose pictures are named with nonsense words defined on the page (the in-context task's
                 # format), with the other themes; every picture kept.
                 {"name": "interleaved", "shards": split_glob(world, "interleaved"), "weight": 1.0,
-                 "batch_size": plan.pages_batch, "max_images": 9, "max_tokens": 128, "single_image_drop_prob": 0.0},
+                 "batch_size": pages_batch, "max_images": 9, "max_tokens": 128, "single_image_drop_prob": 0.0},
             ],
             "eval_datasets": [{"name": "pairs", "shards": pairs[:1], "batch_size": 16}],
             "eval_batches": 2,
@@ -125,14 +139,20 @@ def flamingo_run_config(world: Path, run_dir: Path, plan: DemoPlan, device: str 
         # The tanh gates start at 0 and Adam moves a scalar by about its learning rate per step: at lr 5e-4 a
         # few hundred steps leave them below ~0.1 and the adapters learn the captions' text instead of the
         # images. A 40x gate learning rate opens them (docs/evaluation.md, "Does the model look?").
-        "optim": {"lr": plan.lr, "gate_lr": 2.0e-2, "weight_decay": 0.1,
-                  "warmup_steps": min(10, plan.flamingo_steps // 2), "schedule": "cosine", "min_lr_ratio": 0.1,
-                  "grad_clip": 1.0},
-        "train": {"run_dir": str(run_dir), "steps": plan.flamingo_steps, "precision": training_precision(device),
+        "optim": {"lr": plan.icl_lr if icl else plan.lr, "gate_lr": plan.icl_gate_lr if icl else 2.0e-2,
+                  "weight_decay": 0.1, "warmup_steps": min(10, steps // 2), "schedule": "cosine",
+                  "min_lr_ratio": 0.1, "grad_clip": 1.0},
+        "train": {"run_dir": str(run_dir), "steps": steps, "precision": training_precision(device),
                   "log_every": 5,
                   "eval_every": plan.eval_every, "checkpoint_every": plan.eval_every, "keep_checkpoints": 2,
                   "device": device},
     }
+    if icl:
+        config["model"]["init_from"] = str(init_from)
+    return config
+
+
+ICL_RUN = "flamingo_icl"  # the in-context stage's run folder, beside the first stage's "flamingo"
 
 
 def _final_checkpoint(run_dir: Path, steps: int) -> Path | None:
@@ -143,26 +163,39 @@ def _final_checkpoint(run_dir: Path, steps: int) -> Path | None:
     return final if final.exists() else None
 
 
-def stage_flamingo(out: Path, world: Path, plan: DemoPlan, device: str = "auto") -> Path:
+def _train_stage(run_dir: Path, config: dict[str, Any], label: str) -> Path:
+    """Trains one stage in ``run_dir`` (reused when its final checkpoint exists; resumed when it was killed)."""
     from frozenvl.train.config import load_config
     from frozenvl.train.loop import RUN_CONFIG_NAME, run_outputs, train
 
-    run_dir = out / "flamingo"
-    done = _final_checkpoint(run_dir, plan.flamingo_steps)
+    steps = config["train"]["steps"]
+    done = _final_checkpoint(run_dir, steps)
     if done is not None:
-        _say(f"[2/5] Flamingo: reusing {done}")
+        _say(f"[2/5] Flamingo, {label}: reusing {done}")
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME
-    write_text_atomic(config_path, yaml.safe_dump(flamingo_run_config(world, run_dir, plan, device),
-                                                  sort_keys=False))
+    write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
     resume = bool(run_outputs(run_dir))  # a run killed before its first checkpoint resumes from scratch
-    _say(f"[2/5] Flamingo: training {plan.flamingo_steps} steps on pairs + interleaved pages "
-         f"({'resuming' if resume else 'from scratch'}; config {config_path}) ...")
+    _say(f"[2/5] Flamingo, {label}: training {steps} steps "
+         f"({'resuming' if resume else 'from scratch' if 'init_from' not in config['model'] else 'continuing'}; "
+         f"config {config_path}) ...")
     result = train(load_config(config_path), resume=resume)
     if result.checkpoint is None:
         raise RuntimeError("training wrote no checkpoint")
     return Path(result.checkpoint)
+
+
+def stage_flamingo(out: Path, world: Path, plan: DemoPlan, device: str = "auto") -> Path:
+    """The demo's Flamingo: the first stage (``flamingo/``) opens the visual pathway on image-caption pairs and a
+    few pages; the in-context stage (``flamingo_icl/``, when ``plan.icl_steps``) continues it on mostly in-context
+    naming pages. Returns the final checkpoint."""
+    look = _train_stage(out / "flamingo", flamingo_run_config(world, out / "flamingo", plan, device),
+                        "stage 1 (pairs + pages, from scratch)")
+    if not plan.icl_steps:
+        return look
+    return _train_stage(out / ICL_RUN, flamingo_run_config(world, out / ICL_RUN, plan, device, init_from=look),
+                        "stage 2 (mostly in-context naming pages)")
 
 
 def stage_fewshot(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], plan: DemoPlan
@@ -284,25 +317,33 @@ def stage_flame(out: Path, plan: DemoPlan, device: Any = None, dtype: Any = None
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _training_curve(metrics: Path, png: Path) -> dict[str, Any]:
+def _training_curve(metrics: Path | Sequence[Path], png: Path) -> dict[str, Any]:
+    """Plots the training losses and the held-out pair loss of one run, or of several stages run one after the
+    other (``metrics``: their metrics.jsonl in order; a later stage's steps continue the earlier one's)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     train: dict[str, list[tuple[int, float]]] = {}
     held_out: list[tuple[int, float]] = []
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut by a kill mid-write (the engine drops it on resume): not plotted
-            continue
-        if not isinstance(row, dict):
-            continue
-        step = row.get("step", 0)
-        if "eval/loss" in row:
-            held_out.append((step, row["eval/loss"]))
-        for key, value in row.items():
-            if key.startswith("loss/") and value is not None:
-                train.setdefault(key.removeprefix("loss/"), []).append((step, value))
+    boundaries, offset = [], 0
+    for k, path in enumerate([metrics] if isinstance(metrics, Path) else list(metrics)):
+        last = 0
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut by a kill mid-write (the engine drops it on resume): not plotted
+                continue
+            if not isinstance(row, dict):
+                continue
+            step = row.get("step", 0)
+            last = max(last, step)
+            if "eval/loss" in row and not (k and step == 0):  # a later stage's step 0 is the earlier one's end
+                held_out.append((offset + step, row["eval/loss"]))
+            for key, value in row.items():
+                if key.startswith("loss/") and value is not None:
+                    train.setdefault(key.removeprefix("loss/"), []).append((offset + step, value))
+        offset += last
+        boundaries.append(offset)
     fig = Figure(figsize=(6, 3.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -310,6 +351,9 @@ def _training_curve(metrics: Path, png: Path) -> dict[str, Any]:
         ax.plot(*zip(*points), label=f"train {name}", alpha=0.6)
     if held_out:
         ax.plot(*zip(*held_out), "k-o", label="held-out pairs")
+    for step in boundaries[:-1]:
+        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+        ax.annotate("stage 2", (step, 0.95), xycoords=("data", "axes fraction"), fontsize=7, ha="left")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("next-token loss (nats)")
     ax.set_title("Flamingo, frozen SmolLM2 + EfficientNet-Lite0", fontsize=10)
@@ -386,7 +430,10 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
     precision = (yaml.safe_load(run_config.read_text()) or {}).get("train", {}).get("precision") \
         if run_config.is_file() else None
     precision_text = {"bf16": "bf16 autocast", "fp32": "float32"}.get(precision or "", "precision as in its run config")
-    curve = _training_curve(run_dir / METRICS_NAME, out / "training_curve.png")
+    stages = [run_dir] if run_dir.name != ICL_RUN or not (run_dir.parent / "flamingo").is_dir() else \
+        [run_dir.parent / "flamingo", run_dir]
+    curve = _training_curve([d / METRICS_NAME for d in stages if (d / METRICS_NAME).is_file()],
+                            out / "training_curve.png")
     held = curve["held_out_loss"]
     lines = [
         "# frozenvl demo report",
@@ -404,7 +451,10 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
         f"- Flamingo: Perceiver Resampler (256-d, 2 layers, 16 latents), gated cross-attention before every 4th LM "
         f"layer (placement `{plan.placement}`); {plan.flamingo_steps} steps ({plan.pairs_batch} pairs + "
         f"{plan.pages_batch} interleaved pages each, mostly in-context naming pages, gradients accumulated), "
-        f"lr {plan.lr:g}, tanh-gate lr 2e-2, {precision_text}.",
+        f"lr {plan.lr:g}, tanh-gate lr 2e-2"
+        + (f"; then {plan.icl_steps} steps of {plan.icl_pairs_batch} pairs + {plan.icl_pages_batch} pages "
+           f"(lr {plan.icl_lr:g}, tanh-gate lr {plan.icl_gate_lr:g}), `{ICL_RUN}/`" if plan.icl_steps else "")
+        + f"; {precision_text}.",
         "",
         "## Training",
         "",
@@ -505,6 +555,10 @@ def describe_demo(plan: DemoPlan = FULL) -> str:
         f"                 {plan.pages_batch} interleaved pages (mostly in-context naming pages), bf16 autocast "
         "where the CPU\n                 (AVX512-BF16/AMX) or GPU has bf16 products, else float32; the frozen\n"
         "                 encoder's features cached in features/ (model.feature_cache)\n"
+        + (f"     {ICL_RUN}/ then {plan.icl_steps} steps of {plan.icl_pairs_batch} pairs + {plan.icl_pages_batch} "
+           "pages, mostly in-context naming\n                 pages, continuing it (learns to name a picture from "
+           "its prompt's examples)\n" if plan.icl_steps else "")
+        +
         f"  3. fewshot/   synth_icl_words ({plan.icl_queries} queries x {plan.icl_trials} demonstration draws) and "
         f"synth_captioning ({plan.caption_queries}) at {shots} shots;\n"
         f"                 image reliance on {plan.reliance_pairs} held-out pairs (right vs another's vs blank "
