@@ -16,7 +16,10 @@ float32.
 
     python experiments/bf16_divergence.py --run /tmp/pB/flamingo --from-step 100 --steps 100 --out /tmp/div
 
-Ends with ``headline: largest gradient norm bf16 / fp32 = <ratio>x``. Findings are in docs/training.md.
+Ends with ``headline: largest gradient norm bf16 / fp32 = <ratio>x``. Measured (the demo's second stage on the
+validation world, step 100 -> 200, AVX512-BF16 CPU, 2 threads): largest norm 196.7 bf16, 240.0 fp32, 224.9 with
+fp32 blocks, each at steps 120-121 and >99 % in the tanh gates; held-out pair loss at step 200 0.846 / 0.828 /
+0.835; headline 0.8x. Findings are in docs/training.md ("bf16 autocast").
 """
 
 from __future__ import annotations
