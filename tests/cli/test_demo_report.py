@@ -18,9 +18,11 @@ def test_help_describes_the_demo_that_runs(capsys):
                  f"synth_icl_words ({plan.icl_queries} queries x {plan.icl_trials} demonstration draws)",
                  f"{plan.pages_batch} interleaved pages", f"placement {plan.placement}",
                  f"{plan.reliance_pairs} held-out pairs",
-                 f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training",
-                 f"then {plan.icl_steps} steps of {plan.icl_pairs_batch} pairs + {plan.icl_pages_batch} pages"):
+                 f"{plan.flame_steps} steps each", "feature_cache", "threads", f"{demo.QUICK.flamingo_steps} training"):
         assert fact in " ".join(text.split()), fact
+    assert ("flamingo_icl/" in text) == bool(plan.icl_steps)
+    two_stages = demo.describe_demo(demo.DemoPlan(**{**plan.__dict__, "icl_steps": 300}))
+    assert "flamingo_icl/ then 300 steps of 4 pairs + 6 pages" in " ".join(two_stages.split())
 
 
 def _summary(mean, n, ci):
@@ -84,7 +86,7 @@ def test_the_in_context_stage_continues_the_first_with_its_own_batch_and_rates(t
     from frozenvl.train.config import RunConfig
 
     monkeypatch.setattr(demo, "_pair_shards", lambda world: ["a.tar", "b.tar"])
-    plan = demo.FULL
+    plan = demo.DemoPlan(**{**demo.FULL.__dict__, "icl_steps": 300})
     first = RunConfig.from_dict(demo.flamingo_run_config(tmp_path / "world", tmp_path / "flamingo", plan, "cpu"))
     look = tmp_path / "flamingo" / "checkpoints" / "step-00000200"
     second = RunConfig.from_dict(demo.flamingo_run_config(tmp_path / "world", tmp_path / demo.ICL_RUN, plan, "cpu",
