@@ -192,11 +192,11 @@ def stage_flamingo(out: Path, world: Path, plan: DemoPlan, device: str = "auto")
     few pages; the in-context stage (``flamingo_icl/``, when ``plan.icl_steps``) continues it on mostly in-context
     naming pages. Returns the final checkpoint."""
     look = _train_stage(out / "flamingo", flamingo_run_config(world, out / "flamingo", plan, device),
-                        "stage 1 (pairs + pages, from scratch)")
+                        "stage 1 of 2, pairs + pages" if plan.icl_steps else "pairs + pages")
     if not plan.icl_steps:
         return look
     return _train_stage(out / ICL_RUN, flamingo_run_config(world, out / ICL_RUN, plan, device, init_from=look),
-                        "stage 2 (mostly in-context naming pages)")
+                        "stage 2 of 2, mostly in-context naming pages")
 
 
 def stage_fewshot(out: Path, world: Path, trained: Callable[[], tuple[Any, Any]], plan: DemoPlan
