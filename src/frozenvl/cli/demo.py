@@ -172,13 +172,13 @@ def _train_stage(run_dir: Path, config: dict[str, Any], label: str) -> Path:
     steps = config["train"]["steps"]
     done = _final_checkpoint(run_dir, steps)
     if done is not None:
-        _say(f"[2/5] Flamingo, {label}: reusing {done}")
+        _say(f"[2/5] Flamingo: reusing {done} ({label})")
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME
     write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
     resume = bool(run_outputs(run_dir))  # a run killed before its first checkpoint resumes from scratch
-    _say(f"[2/5] Flamingo, {label}: training {steps} steps "
+    _say(f"[2/5] Flamingo ({label}): training {steps} steps "
          f"({'resuming' if resume else 'from scratch' if 'init_from' not in config['model'] else 'continuing'}; "
          f"config {config_path}) ...")
     result = train(load_config(config_path), resume=resume)
