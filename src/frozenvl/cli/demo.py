@@ -178,9 +178,8 @@ def _train_stage(run_dir: Path, config: dict[str, Any], label: str) -> Path:
     config_path = run_dir / RUN_CONFIG_NAME
     write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
     resume = bool(run_outputs(run_dir))  # a run killed before its first checkpoint resumes from scratch
-    _say(f"[2/5] Flamingo ({label}): training {steps} steps "
-         f"({'resuming' if resume else 'from scratch' if 'init_from' not in config['model'] else 'continuing'}; "
-         f"config {config_path}) ...")
+    start = "resuming" if resume else "continuing" if "init_from" in config["model"] else "from scratch"
+    _say(f"[2/5] Flamingo ({label}): training {steps} steps ({start}; config {config_path}) ...")
     result = train(load_config(config_path), resume=resume)
     if result.checkpoint is None:
         raise RuntimeError("training wrote no checkpoint")
@@ -431,8 +430,7 @@ def write_report(out: Path, plan: DemoPlan, checkpoint: Path, fewshot: dict[str,
     precision = (yaml.safe_load(run_config.read_text()) or {}).get("train", {}).get("precision") \
         if run_config.is_file() else None
     precision_text = {"bf16": "bf16 autocast", "fp32": "float32"}.get(precision or "", "precision as in its run config")
-    stages = [run_dir] if run_dir.name != ICL_RUN or not (run_dir.parent / "flamingo").is_dir() else \
-        [run_dir.parent / "flamingo", run_dir]
+    stages = [run_dir.parent / "flamingo", run_dir] if run_dir.name == ICL_RUN else [run_dir]
     curve = _training_curve([d / METRICS_NAME for d in stages if (d / METRICS_NAME).is_file()],
                             out / "training_curve.png")
     held = curve["held_out_loss"]
