@@ -1,13 +1,14 @@
 """Training-step benchmarks.
 
 Default: samples/s of the demo's Flamingo training (``frozenvl demo``'s run config: frozen SmolLM2-135M +
-EfficientNet-Lite0, 16 pairs + 1 page + 1 video per step, the shared trainer) with the frozen-encoder feature cache
-off / on and fp32 / bf16 autocast, and their combination. The variants run interleaved, round by round (each round
-starting with the next variant), in one process on one model, so that a change of machine load hits them alike;
-each new trainer starts the same data from the start (its first step, loader start-up, is not timed). "cache warm"
-is the steady state of later epochs and runs (every frame read from the cache); "cache cold" is a first epoch
-(every frame encoded and written). Threads: the command line's policy (``frozenvl.cli.threads``), printed;
-``--default-threads`` adds fp32 without cache at torch's default (one thread per core, what ran before the policy).
+EfficientNet-Lite0, 16 pairs + 2 pages per step, the shared trainer) with the frozen-encoder feature cache off / on,
+fp32 / bf16 autocast, padded / packed batches (``model.packing``), and their combination. The variants run
+interleaved, round by round (each round starting with the next variant), in one process on one model, so that a
+change of machine load hits them alike; each new trainer starts the same data from the start (its first step, loader
+start-up, is not timed). "cache warm" is the steady state of later epochs and runs (every frame read from the
+cache); "cache cold" is a first epoch (every frame encoded and written). Threads: the command line's policy
+(``frozenvl.cli.threads``), printed; ``--default-threads`` adds fp32 without cache at torch's default (one thread
+per core, what ran before the policy).
 
     python benchmarks/train_step.py [--world DIR] [--rounds 2] [--steps 3]   # ends with a "headline:" line
 
@@ -106,13 +107,16 @@ def throughput(nproc: int, root: Path, world: Path) -> float:
 
 
 DEFAULT_THREADS = "fp32, torch's threads"
-DEMO_VARIANTS = {  # name: (feature cache: None | "warm" | "cold", precision)
-    "fp32": (None, "fp32"),
-    "bf16": (None, "bf16"),
-    "cache warm, fp32": ("warm", "fp32"),
-    "cache warm, bf16": ("warm", "bf16"),
-    "cache cold, fp32": ("cold", "fp32"),
+DEMO_VARIANTS = {  # name: (feature cache: None | "warm" | "cold", precision, packed batches)
+    "fp32": (None, "fp32", False),
+    "bf16": (None, "bf16", False),
+    "cache warm, fp32": ("warm", "fp32", False),
+    "packed, fp32": (None, "fp32", True),
+    "cache warm, bf16": ("warm", "bf16", False),
+    "cache warm, bf16, packed": ("warm", "bf16", True),
+    "cache cold, fp32": ("cold", "fp32", False),
 }
+ALL = "cache warm, bf16, packed"
 
 
 def demo_speed(world: Path, root: Path, rounds: int, steps: int, default_threads: bool = False) -> dict[str, float]:
@@ -161,14 +165,15 @@ def demo_speed(world: Path, root: Path, rounds: int, steps: int, default_threads
     trainer.close()
     variants = dict(DEMO_VARIANTS)
     if default_threads:
-        variants[DEFAULT_THREADS] = (None, "fp32")
+        variants[DEFAULT_THREADS] = (None, "fp32", False)
     samples.update({name: 0.0 for name in variants})
     seconds.update({name: 0.0 for name in variants})
     policy, cores = torch.get_num_threads(), usable_cores()
     names = list(variants)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts with another variant
-            cache, precision = variants[name]
+            cache, precision, packed = variants[name]
+            task.collate.pack = packed
             torch.set_num_threads(cores if name == DEFAULT_THREADS else policy)
             task.feature_cache = {None: None, "warm": warm}.get(cache) if cache != "cold" else FeatureCache(
                 root / f"features-cold-{r}", task.model.vision)
@@ -181,7 +186,7 @@ def demo_speed(world: Path, root: Path, rounds: int, steps: int, default_threads
                 samples[name] += trainer.train_step()["samples"]
             seconds[name] += time.perf_counter() - t0
             trainer.close()
-            print(f"  round {r + 1}/{rounds} {name:18s} {samples[name] / seconds[name]:6.2f} samples/s so far",
+            print(f"  round {r + 1}/{rounds} {name:24s} {samples[name] / seconds[name]:6.2f} samples/s so far",
                   flush=True)
     print(f"  warm cache: {warm.stats.hits} frames read, {warm.stats.misses} encoded (all in the filling pass: "
           f"{(steps + 1)} steps)")
@@ -208,12 +213,13 @@ def main_demo(world: str | None, rounds: int, steps: int, default_threads: bool 
         rates = demo_speed(world_path, root, rounds, steps, default_threads)
     base = rates["fp32"]
     for name, rate in rates.items():
-        print(f"{name:18s} {rate:6.2f} samples/s  {rate / base:5.2f}x")
+        print(f"{name:24s} {rate:6.2f} samples/s  {rate / base:5.2f}x")
     if DEFAULT_THREADS in rates:
         print(f"thread policy ({choice.threads}) vs torch's default ({choice.cores}), fp32 without cache: "
               f"{base / rates[DEFAULT_THREADS]:.2f}x; everything vs the old default step: "
-              f"{rates['cache warm, bf16'] / rates[DEFAULT_THREADS]:.2f}x")
-    print(f"headline: samples/s, feature cache (warm) + bf16 vs neither = {rates['cache warm, bf16'] / base:.2f}x")
+              f"{rates[ALL] / rates[DEFAULT_THREADS]:.2f}x")
+    print(f"headline: samples/s, feature cache (warm) + bf16 + packed batches vs none of them = "
+          f"{rates[ALL] / base:.2f}x")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""frozenvl's few-shot evaluation against OpenFlamingo's own evaluation code path, on the same weights, CPU.
+"""frozenvl's few-shot evaluation against OpenFlamingo's own evaluation code path, on the same weights, CPU
+(float32 by default; ``--dtype bfloat16`` casts both models after checking them equal in float32).
 
 The model: OpenFlamingo's architecture built by OpenFlamingo's own factory (``create_model_and_transforms``, the
 open-flamingo package is installed as a test oracle) around the embedded default's LM (SmolLM2-135M) and a small
@@ -92,6 +93,7 @@ class OpenFlamingoEval:
 
     def __init__(self, model, tokenizer, image_processor):
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
+        self.dtype = torch.float32  # of the pixels, as its evaluation casts them to the model's precision
         # transformers 5's generate may call the LM without attention_mask, which OpenFlamingo's LM mixin requires
         # (transformers 4 always passed it): the one shim, a default of None.
         lm = model.lang_encoder
@@ -107,7 +109,7 @@ class OpenFlamingoEval:
                 if out is None:
                     out = torch.zeros((len(batch), per_row, 1, *pixels.shape), dtype=pixels.dtype)
                 out[i, j, 0] = pixels
-        return out
+        return out.to(self.dtype)
 
     def _text(self, batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(batch, padding="longest", truncation=True, return_tensors="pt", max_length=2000)
@@ -199,6 +201,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--every", type=int, default=4, help="cross-attention every N LM layers")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="both models cast to this dtype after the float32 agreement check (OpenFlamingo's "
+                             "--precision bf16 casts its whole model the same way)")
     parser.add_argument("--profile", action="store_true", help="profile frozenvl's greedy batch-1 generation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -233,6 +238,17 @@ def main() -> None:
           f"(one row per candidate: {(torch.tensor(by_rows) - theirs).abs().max().item():.1e})")
     if gap > 1e-3:
         raise SystemExit("the two models disagree: the comparison would not be of the same weights")
+    if args.dtype != "float32":  # checked equal in float32 above; both cast alike, the images with them
+        dtype = getattr(torch, args.dtype)
+        of_model.to(dtype), model.to(dtype)
+        reference.dtype = dtype
+        prefix = scorer.encode_prefix(context, demo_images)
+        ours = scorer.score_candidates_batch(prefix, [query] * 2, [[im] for im in query_images[:2]],
+                                             [names[:10]] * 2)
+        theirs = reference.rank_classifications(texts[:2], images[:2], [n + END_OF_CHUNK for n in names[:10]])
+        same = (torch.tensor(ours).argmax(1) == theirs.float().argmax(1)).float().mean().item()
+        print(f"both cast to {args.dtype}: max |score diff| = {(torch.tensor(ours) - theirs.float()).abs().max():.1e}, "
+              f"same top class for {same:.0%} of the 2 queries")
 
     def of_one() -> None:
         for t, im in zip(texts[:args.single_queries], images[:args.single_queries]):

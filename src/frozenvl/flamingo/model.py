@@ -153,7 +153,8 @@ class Flamingo(PretrainedModel, nn.Module):
         frame_mask: torch.Tensor | None = None,  # (B, T_img, F) real frames, when media of different lengths mix
         output_hidden_states: bool = False,  # the LM's hidden states (embeddings, then each layer), as transformers
         return_dict: bool = True,  # False: the tuple of the output's fields that are set
-        position_ids: torch.Tensor | None = None,  # (B, L) the LM's positions (default: from the attention mask)
+        position_ids: torch.Tensor | None = None,  # (B, L) the LM's positions (default: from the attention mask);
+        # without attention_mask and cache, positions that restart with document_ids are a packed row (packing.py)
         **extra: object,
     ) -> FlamingoOutput | tuple:
         """A 4D ``attention_mask`` (B, 1, L, L_cache + L), additive (0 where a token may attend, the dtype's
@@ -162,6 +163,9 @@ class Flamingo(PretrainedModel, nn.Module):
         check_extra_arguments("Flamingo.forward", extra)
         B, L = input_ids.shape
         device = input_ids.device
+        # transformers' padding-free convention: no attention mask and positions that restart, one sequence per
+        # document of a packed row (frozenvl.flamingo.packing); the LM builds the block-diagonal causal mask.
+        padding_free = attention_mask is None and position_ids is not None and cache is None and not use_cache
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.dim() == 4 and (position_ids is None or use_cache or labels is not None):
@@ -195,7 +199,7 @@ class Flamingo(PretrainedModel, nn.Module):
 
         full_mask = (attention_mask if cache is None or attention_mask.dim() == 4
                      else torch.cat([cache.attention_mask, attention_mask], dim=1))
-        lm_kwargs = dict(input_ids=input_ids, attention_mask=full_mask, use_cache=use_cache,
+        lm_kwargs = dict(input_ids=input_ids, attention_mask=None if padding_free else full_mask, use_cache=use_cache,
                          logits_to_keep=logits_to_keep)
         if output_hidden_states:
             lm_kwargs["output_hidden_states"] = True
@@ -229,7 +233,7 @@ class Flamingo(PretrainedModel, nn.Module):
         loss = None
         if labels is not None:
             target = flamingo_labels(labels, input_ids, attention_mask, self.image_token_id,
-                                     self.end_of_chunk_token_id)
+                                     self.end_of_chunk_token_id, document_ids)
             loss = causal_lm_loss(logits, target)
 
         new_cache = None

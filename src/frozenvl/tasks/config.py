@@ -36,6 +36,10 @@ class ModelConfig(Config):
     # kind "flamingo": start from the trainable weights of a saved Flamingo (save_pretrained folder or a training
     # checkpoint), e.g. a second training stage; the architecture in `flamingo` must match it
     init_from: str | None = None
+    # kind "flamingo": each micro-batch's samples end to end in one row, without padding (positions restarting per
+    # sample, no attention or images across samples; the same loss as the padded batch): fewer slots for the LM
+    # to compute. Needs an LM that honours restarting position_ids (checked when the task is built).
+    packing: bool = False
     flame: FlameTaskOptions = field(default_factory=FlameTaskOptions)  # kind "flame"
     clip_baseline: ClipBaselineTaskOptions = field(default_factory=ClipBaselineTaskOptions)  # kind "clip_baseline"
 
@@ -48,8 +52,9 @@ class ModelConfig(Config):
     def validate(self, where: str) -> None:
         _choice(f"{where}.kind", self.kind, ("flamingo", "flame", "clip_baseline"))
         _choice(f"{where}.lm_init", self.lm_init, ("pretrained", "random"))
-        if self.init_from is not None and self.kind != "flamingo":
-            raise ConfigError(f"{where}.init_from is for model.kind flamingo, not {self.kind!r}")
+        for name in ("init_from", "packing"):
+            if getattr(self, name) and self.kind != "flamingo":
+                raise ConfigError(f"{where}.{name} is for model.kind flamingo, not {self.kind!r}")
         if self.kind == "flame":
             self.flame.check_store(f"{where}.flame")
         if self.feature_cache and self.train_vision:

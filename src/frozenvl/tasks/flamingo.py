@@ -13,6 +13,7 @@ from frozenvl.files import cache_dir
 from frozenvl.flamingo import build
 from frozenvl.flamingo.feature_cache import FeatureCache
 from frozenvl.flamingo.lora import lora_modules
+from frozenvl.flamingo.packing import lm_packs_sequences, pack_batch
 from frozenvl.tasks.base import ModelTask
 from frozenvl.tasks.config import ModelConfig
 
@@ -25,8 +26,8 @@ class FlamingoCollator:
     `<|endofchunk|>` markers; its `images` is the list of images (or of frame lists for videos) in marker order.
     """
 
-    def __init__(self, processor: Callable[..., dict[str, Any]], padding_side: str = "right"):
-        self.processor, self.padding_side = processor, padding_side
+    def __init__(self, processor: Callable[..., dict[str, Any]], padding_side: str = "right", pack: bool = False):
+        self.processor, self.padding_side, self.pack = processor, padding_side, pack
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         for s in samples:
@@ -35,6 +36,8 @@ class FlamingoCollator:
                                  "evaluation records are turned into prompts by the evaluation harness")
         batch = dict(self.processor([s["text"] for s in samples], [s["images"] for s in samples],
                                     padding_side=self.padding_side))
+        if self.pack:  # one row, no padding: input_ids, position_ids, document_ids (1, N)
+            batch = pack_batch(batch, self.processor.image_token_id)
         batch["keys"] = [s["key"] for s in samples]
         batch["kinds"] = [s["kind"] for s in samples]
         return batch
@@ -97,7 +100,11 @@ class FlamingoTask(ModelTask):
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.feature_cache = _feature_cache(config, self.model.vision)
-        self.collate = FlamingoCollator(self.processor)
+        if config.packing and not lm_packs_sequences(self.model.lm):
+            raise ValueError(f"model.packing: the LM {config.lm!r} ({type(self.model.lm).__name__}) does not keep "
+                             "packed samples apart given restarting position_ids (ALiBi, or no position_ids "
+                             "argument): train it with padded batches (model.packing: false)")
+        self.collate = FlamingoCollator(self.processor, pack=config.packing)
         self.tokenizer = tokenizer
         self.max_length = self.processor.max_length
 
@@ -132,9 +139,10 @@ class FlamingoTask(ModelTask):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = next(p for p in self.model.parameters()).device
         input_ids = batch["input_ids"].to(device)  # (B, L)
-        kwargs = {"attention_mask": batch["attention_mask"].to(device)}
-        if batch.get("document_ids") is not None:
-            kwargs["document_ids"] = batch["document_ids"].to(device)
+        kwargs = {}
+        for name in ("attention_mask", "document_ids", "position_ids"):  # a packed batch has no attention_mask
+            if batch.get(name) is not None:
+                kwargs[name] = batch[name].to(device)
         if batch.get("frame_mask") is not None:  # media of different frame counts in one batch
             kwargs["frame_mask"] = batch["frame_mask"].to(device)
         if batch.get("pixel_values") is not None and self.feature_cache is not None:
@@ -144,8 +152,9 @@ class FlamingoTask(ModelTask):
         elif batch.get("pixel_values") is not None:
             kwargs["pixel_values"] = batch["pixel_values"].to(device)  # (B, T_img, [F,] C, H, W)
         out = model(input_ids, labels=input_ids, **kwargs)
-        tokens = kwargs["attention_mask"].sum()
-        return {"loss": out.loss, "tokens": tokens}
+        tokens = kwargs["attention_mask"].sum() if "attention_mask" in kwargs else torch.tensor(input_ids.numel())
+        samples = len(batch["keys"]) if "keys" in batch else input_ids.shape[0]  # a packed row holds several
+        return {"loss": out.loss, "tokens": tokens, "samples": torch.tensor(samples)}
 
     def shard_units(self) -> list[nn.Module]:
         """FSDP2 units: every decoder layer (with its cross-attention block); the rest is the root unit."""
