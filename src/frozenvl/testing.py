@@ -90,12 +90,17 @@ def tiny_flamingo(family: str = "llama", seed: int = 0, open_gates: bool = False
     model, processor = build(lm=tiny_lm(family, seed=seed), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=seed),
                              **{**TINY_FLAMINGO, **overrides})
     if open_gates:
-        # At init the gates are 0 and images cannot matter; open them to test what images may influence.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("gate.alpha"):
-                    p.fill_(0.7)
+        open_all_gates(model)
     return model.eval(), processor
+
+
+def open_all_gates(model: torch.nn.Module, value: float = 0.7) -> None:
+    """Set every tanh gate's scalar to ``value``: at init the gates are 0 and images cannot matter, so tests of
+    what images may influence open them."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate.alpha"):
+                p.fill_(value)
 
 
 def save_tiny_backbones(root) -> tuple:

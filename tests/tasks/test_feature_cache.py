@@ -15,7 +15,7 @@ from frozenvl.config import ConfigError, from_dict
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.flamingo.feature_cache import FeatureCache, encoder_identity
 from frozenvl.tasks import ModelConfig, build_task
-from frozenvl.testing import tiny_vision
+from frozenvl.testing import open_all_gates, tiny_vision
 
 TINY_FLAMINGO = dict(cross_attn_every=2, resampler_depth=1, num_latents=4, resampler_dim_head=8, resampler_heads=2,
                      xattn_dim_head=8, xattn_heads=2, ff_mult=2, max_frames=4, max_length=96)
@@ -38,10 +38,7 @@ def _task(tmp_path, cache: bool | None, **model):
     section = {"kind": "flamingo", "lm": "tiny:llama", "vision": "tiny", "flamingo": TINY_FLAMINGO,
                "feature_cache": cache, "feature_cache_dir": str(tmp_path / "features"), **model}
     task = build_task(from_dict(ModelConfig, section, "model"))
-    with torch.no_grad():  # open the gates: at 0 the images cannot change the loss
-        for name, p in task.model.named_parameters():
-            if name.endswith("gate.alpha"):
-                p.fill_(0.7)
+    open_all_gates(task.model)  # at 0 the images cannot change the loss
     task.set_train_mode()
     return task
 

@@ -8,6 +8,7 @@ from PIL import Image
 from frozenvl.config import ConfigError, from_dict
 from frozenvl.constants import END_OF_CHUNK, IMAGE_TOKEN
 from frozenvl.tasks import ModelConfig, build_task
+from frozenvl.testing import open_all_gates
 
 TINY_FLAMINGO = dict(cross_attn_every=2, resampler_depth=1, num_latents=4, resampler_dim_head=8, resampler_heads=2,
                      xattn_dim_head=8, xattn_heads=2, ff_mult=2, max_frames=4, max_length=96)
@@ -31,10 +32,7 @@ def _task(tmp_path, **model):
     section = {"kind": "flamingo", "lm": "tiny:llama", "vision": "tiny", "flamingo": TINY_FLAMINGO,
                "feature_cache_dir": str(tmp_path / "features"), **model}
     task = build_task(from_dict(ModelConfig, section, "model"))
-    with torch.no_grad():  # open the gates: at 0 the images cannot change the loss
-        for name, p in task.model.named_parameters():
-            if name.endswith("gate.alpha"):
-                p.fill_(0.7)
+    open_all_gates(task.model)  # at 0 the images cannot change the loss
     task.set_train_mode()
     return task
 
