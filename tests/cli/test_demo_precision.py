@@ -34,7 +34,7 @@ def test_the_report_names_the_precision_the_run_trained_in(tmp_path, precision, 
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"precision": precision}}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/loss": 6.5}) + "\n")
     report = demo.write_report(tmp_path, demo.QUICK, checkpoint, {}, {"table": "t", "headline": "h"}, {"world": 1.0})
-    assert f"tanh-gate lr 2e-2; {text}" in report.read_text()
+    assert f"tanh-gate lr 2e-2, AdamW betas (0.9, 0.95), packed batches; {text}" in report.read_text()
     two_stages = demo.DemoPlan(**{**demo.QUICK.__dict__, "icl_steps": 4})
     report = demo.write_report(tmp_path, two_stages, checkpoint, {}, {"table": "t", "headline": "h"}, {"world": 1.0})
     assert f"then 4 steps of {two_stages.icl_pairs_batch} pairs + {two_stages.icl_pages_batch} pages (lr 0.001, " \
