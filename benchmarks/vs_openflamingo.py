@@ -240,7 +240,8 @@ def main() -> None:
         raise SystemExit("the two models disagree: the comparison would not be of the same weights")
     if args.dtype != "float32":  # checked equal in float32 above; both cast alike, the images with them
         dtype = getattr(torch, args.dtype)
-        of_model.to(dtype), model.to(dtype)
+        of_model.to(dtype)
+        model.to(dtype)
         reference.dtype = dtype
         prefix = scorer.encode_prefix(context, demo_images)
         ours = scorer.score_candidates_batch(prefix, [query] * 2, [[im] for im in query_images[:2]],

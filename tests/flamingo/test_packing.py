@@ -75,14 +75,14 @@ def test_the_packed_row_keeps_each_samples_media_in_order():
 
 def test_loss_rules_apply_per_document():
     IMG, EOC = 90, 91
-    # doc 0: <image> a <eoc> | doc 1: text before its image, <image> b <eoc>
-    ids = torch.tensor([[IMG, 5, EOC, 6, 7, IMG, 8, EOC]])
+    # doc 0: <image> a b (cut before its end of chunk) | doc 1: text "7 8" before its image, <image> c <eoc>
+    ids = torch.tensor([[IMG, 5, 6, 7, 8, IMG, 9, EOC]])
     docs = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
-    out = flamingo_labels(ids.clone(), ids, None, IMG, EOC, docs)[0].tolist()
     I = IGNORE_INDEX  # noqa: E741
-    # Without documents, doc 1's "6 7" would be targets (an image came before them, in doc 0).
-    assert out == [I, 5, EOC, I, I, I, 8, EOC]
-    assert flamingo_labels(ids.clone(), ids, None, IMG, EOC)[0].tolist()[3:5] == [I, I]  # after an <eoc>: still
+    # Per document, doc 1's "7 8" come before its first image: no targets.
+    assert flamingo_labels(ids.clone(), ids, None, IMG, EOC, docs)[0].tolist() == [I, 5, 6, I, I, I, 9, EOC]
+    # Read as one document, doc 0's image would make them targets.
+    assert flamingo_labels(ids.clone(), ids, None, IMG, EOC)[0].tolist() == [I, 5, 6, 7, 8, I, 9, EOC]
 
 
 def test_lms_that_keep_packed_sequences_apart_are_told_from_those_that_do_not():
