@@ -72,3 +72,36 @@ def test_plot_has_integer_shot_ticks_the_metric_name_and_chance():
     ax = shots_figure(captioning).axes[0]
     assert ax.get_ylabel() == "CIDEr" and list(ax.get_xticks()) == [0, 2]
     assert not [line for line in ax.get_lines() if line.get_label().startswith("chance")]  # no candidates
+
+
+def test_cider_scoring_zero_everywhere_is_not_a_proportion():
+    """CIDEr is a mean of unbounded scores: 50 queries that all score 0 have no spread (bootstrap, 0), not the Wilson
+    interval of 0 hits in 50 (3.6 points) that an all-0-or-100 rule would give."""
+    res = EvalResults("synth_captioning", config={"task": {"metric": "cider"}})
+    res.add_run(0, 0, {"score": 0.0, "CIDEr": 0.0, "per_sample": {f"q{i}": 0.0 for i in range(50)}},
+                {f"q{i}": "" for i in range(50)})
+    cell = res.summary()[0]["CIDEr"]
+    assert cell["ci95_method"] == "bootstrap" and cell["ci95"] == 0.0
+
+
+@pytest.mark.parametrize("task", ["synth_vqa", "synth_video_qa"])
+def test_per_query_scores_are_in_percent_like_the_headline(task):
+    """VQA accuracy (0, 30, 60, 90 or 100 per query) and exact match (0 or 100): the interval is in the headline's
+    units (percent), a bootstrap for VQA and Wilson for exact match (oracle: scipy's binomial interval)."""
+    from frozenvl.eval.records import EvalRecord
+    from frozenvl.eval.tasks import get_task
+
+    spec = get_task(task)
+    records = [EvalRecord(key=f"q{i}", question="what?", answers=["cube"] * 10) for i in range(60)]
+    predictions = {r.key: "cube" if i % 3 == 0 else "sphere" for i, r in enumerate(records)}  # 20 of 60 right
+    res = EvalResults(task, config={"task": {"metric": spec.metric}})
+    res.add_run(0, 0, spec.score(records, predictions), predictions)
+    cell = res.summary()[0]["score"]
+    assert cell["mean"] == pytest.approx(100 / 3)
+    assert sorted(set(s["score"] for s in res.runs[0]["predictions"])) == [0.0, 100.0]
+    if spec.metric == "exact_match":
+        ci = binomtest(20, 60).proportion_ci(method="wilson")
+        assert cell["ci95_method"] == "wilson" and cell["ci95"] == pytest.approx(100 * (ci.high - ci.low) / 2)
+    else:
+        normal = 1.96 * 100 * np.sqrt((1 / 3) * (2 / 3) / 59)
+        assert cell["ci95_method"] == "bootstrap" and cell["ci95"] == pytest.approx(normal, rel=0.15)

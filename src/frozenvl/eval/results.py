@@ -3,10 +3,11 @@ trial, mean and standard deviation over trials, queries per draw and a 95 % inte
 against the number of shots.
 
 Intervals (``ci95``, a half-width in the metric's units, beside ``mean``): from the per-query scores of every draw
-of demonstrations pooled together. A metric whose per-query scores are all 0 or 100 (accuracy, exact match) gets a
-Wilson score interval for the proportion (``ci95_method: "wilson"``); any other per-query score (CIDEr, VQA
-accuracy) a percentile bootstrap of the mean, 2000 resamples with a fixed seed (``"bootstrap"``). Without
-per-query scores (ROC-AUC) ``ci95`` is null.
+of demonstrations pooled together, in percent like the headline score. A hit-or-miss metric (close-ended accuracy,
+exact match: every query scores 0 or 100) gets a Wilson score interval for the proportion (``ci95_method:
+"wilson"``); any other per-query score (CIDEr, VQA accuracy) a percentile bootstrap of the mean, 2000 resamples with
+a fixed seed (``"bootstrap"``), even when every query happened to score 0. Without per-query scores (ROC-AUC)
+``ci95`` is null.
 """
 
 from __future__ import annotations
@@ -70,9 +71,15 @@ def bootstrap_half_width(values: Sequence[float], resamples: int = BOOTSTRAP_RES
     return float(hi - lo) / 2
 
 
-def interval95(values: Sequence[float]) -> tuple[float | None, str]:
-    """(half-width, method) of per-query scores in percent: Wilson when every score is 0 or 100, else bootstrap."""
-    if all(v in (0.0, 100.0) for v in values):
+HIT_OR_MISS_METRICS = ("accuracy", "exact_match")  # task metrics whose per-query scores are 0 or 100
+
+
+def interval95(values: Sequence[float], hit_or_miss: bool) -> tuple[float | None, str]:
+    """(half-width, method) of per-query scores in percent: Wilson for a hit-or-miss metric (every score 0 or
+    100), else bootstrap."""
+    if hit_or_miss:
+        if not all(v in (0.0, 100.0) for v in values):
+            raise ValueError("a hit-or-miss metric's per-query scores must be 0 or 100")
         return 100.0 * wilson_half_width(sum(1 for v in values if v == 100.0), len(values)), "wilson"
     return bootstrap_half_width(values), "bootstrap"
 
@@ -140,7 +147,9 @@ class EvalResults:
             names = dict.fromkeys(k for r in runs for k, v in r["metrics"].items() if _is_number(v))
             per_query = [per_query_scores(r) for r in runs]
             pooled = [v for scores in per_query for v in scores] if all(per_query) else None
-            ci, method = interval95(pooled) if pooled else (None, None)
+            metric = (self.config.get("task") or {}).get("metric")
+            hit_or_miss = metric in HIT_OR_MISS_METRICS if metric else all(v in (0.0, 100.0) for v in pooled or [])
+            ci, method = interval95(pooled, hit_or_miss) if pooled else (None, None)
             score_values = [r["metrics"].get("score") for r in runs]
             out[shots] = {}
             for name in names:

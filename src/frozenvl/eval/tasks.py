@@ -145,10 +145,11 @@ class TaskSpec:
         if self.metric == "vqa_accuracy":
             out = vqa_score({r.key: predictions[r.key] for r in records}, {r.key: r.answers for r in records},
                             self.vqa_normalization)
-            return {"score": out["accuracy"], **out}
+            per = {k: 100.0 * v for k, v in out["per_sample"].items()}  # percent, like the headline score
+            return {"score": out["accuracy"], **out, "per_sample": per}
         if self.metric == "exact_match":
-            per = {r.key: exact_match(predictions[r.key], r.answers) for r in records}
-            return {"score": 100.0 * sum(per.values()) / len(per), "per_sample": per}
+            per = {r.key: 100.0 * exact_match(predictions[r.key], r.answers) for r in records}  # 0 or 100
+            return {"score": sum(per.values()) / len(per), "per_sample": per}
         if self.metric == "accuracy":
             labels = [self.target(r, class_names) for r in records]
             value = 100.0 * accuracy([predictions[r.key] for r in records], labels)
