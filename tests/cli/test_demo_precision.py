@@ -24,6 +24,7 @@ def test_the_run_config_and_the_llm_follow_the_cpu(monkeypatch, tmp_path, fast, 
     config = demo.flamingo_run_config(tmp_path / "world", tmp_path / "run", demo.FULL, "cpu")
     assert RunConfig.from_dict(config).train.precision == precision
     assert demo.flame_llm_dtype() == llm
+    assert demo.flamingo_eval_dtype() == llm  # the trained Flamingo is evaluated in the same dtype
 
 
 @pytest.mark.parametrize("precision, text", [("fp32", "float32."), ("bf16", "bf16 autocast.")])
@@ -39,3 +40,12 @@ def test_the_report_names_the_precision_the_run_trained_in(tmp_path, precision, 
     report = demo.write_report(tmp_path, two_stages, checkpoint, {}, {"table": "t", "headline": "h"}, {"world": 1.0})
     assert f"then 4 steps of {two_stages.icl_pairs_batch} pairs + {two_stages.icl_pages_batch} pages (lr 0.001, " \
            f"tanh-gate lr 0.005), `flamingo_icl/`; {text}" in report.read_text()
+
+
+def test_the_report_and_results_name_the_evaluation_dtype(tmp_path):
+    checkpoint = tmp_path / "flamingo" / "checkpoints" / "step-00000006"
+    checkpoint.mkdir(parents=True)
+    report = demo.write_report(tmp_path, demo.QUICK, checkpoint, {}, {"table": "t", "headline": "h"}, {"world": 1.0},
+                               eval_dtype="bfloat16")
+    assert "The trained Flamingo was evaluated in bfloat16." in report.read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["eval_dtype"] == "bfloat16"
