@@ -130,7 +130,8 @@ def test_train_reads_device_and_dtype_as_train_device_and_precision(no_gpu, caps
 
 def test_demo_runs_every_stage_on_the_chosen_device_and_dtype(tmp_path, monkeypatch, capsys):
     """Every stage gets --device (training as its run config's train.device), the evaluated Flamingo and FLAME's
-    LLM get --dtype; without --dtype they keep the plan's (None reaches the stages)."""
+    LLM get --dtype; without --dtype they keep the plan's: the Flamingo is evaluated in flamingo_eval_dtype's dtype
+    (bfloat16 where bf16 products are native), FLAME's stage gets None (its own rule, flame_llm_dtype)."""
     from types import SimpleNamespace
 
     from frozenvl.cli import demo
@@ -154,14 +155,15 @@ def test_demo_runs_every_stage_on_the_chosen_device_and_dtype(tmp_path, monkeypa
     monkeypatch.setattr(demo, "stage_fewshot", lambda out, world, trained, plan: trained() and {})
     monkeypatch.setattr(demo, "stage_image_reliance", lambda *args: {})
     monkeypatch.setattr(demo, "stage_flame", lambda out, plan, device, dtype: seen.update(flame=(device, dtype)))
-    monkeypatch.setattr(demo, "write_report", lambda *args: seen.update(report=args[-1]) or args[0] / "report.md")
+    monkeypatch.setattr(demo, "write_report", lambda *args: seen.update(report=args[-2:]) or args[0] / "report.md")
     monkeypatch.setattr("frozenvl.flamingo.load_pretrained", fake_load)
     out, cpu = tmp_path / "demo", torch.device("cpu")
-    for flags, dtype in ((["--dtype", "bfloat16"], BF16), ([], None)):
+    plan_dtype = getattr(torch, demo.flamingo_eval_dtype(cpu))
+    for flags, dtype, evaluated in ((["--dtype", "bfloat16"], BF16, BF16), ([], None, plan_dtype)):
         seen.clear()
         assert main(["demo", "--out", str(out), "--device", "cpu", *flags]) == 0, capsys.readouterr().err
-        assert seen == {"train.device": "cpu", "eval": (out / "checkpoint", cpu, dtype), "flame": (cpu, dtype),
-                        "report": "cpu"}, flags
+        assert seen == {"train.device": "cpu", "eval": (out / "checkpoint", cpu, evaluated), "flame": (cpu, dtype),
+                        "report": ("cpu", str(evaluated).removeprefix("torch."))}, flags
 
 
 def test_generate_runs_the_model_in_the_chosen_dtype(backbone_folders, monkeypatch, capsys):
