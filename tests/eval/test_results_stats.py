@@ -105,3 +105,18 @@ def test_per_query_scores_are_in_percent_like_the_headline(task):
     else:
         normal = 1.96 * 100 * np.sqrt((1 / 3) * (2 / 3) / 59)
         assert cell["ci95_method"] == "bootstrap" and cell["ci95"] == pytest.approx(normal, rel=0.15)
+
+
+def test_format_1_results_with_fractional_scores_load_in_percent(tmp_path):
+    """A results file written before per-query scores were in percent (format 1: exact match 0 / 1) loads with the
+    same interval as a format-2 file of the same answers (Wilson of 20 hits in 60, in percent)."""
+    import json
+
+    samples = [{"key": f"q{i}", "prediction": "cube", "score": 1.0 if i < 20 else 0.0} for i in range(60)]
+    old = {"format_version": 1, "task": "synth_video_qa", "config": {"task": {"metric": "exact_match"}},
+           "runs": [{"shots": 0, "trial": 0, "seed": 0, "metrics": {"score": 100 / 3}, "predictions": samples}]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    cell = EvalResults.load(path).summary()[0]["score"]
+    ci = binomtest(20, 60).proportion_ci(method="wilson")
+    assert cell["ci95_method"] == "wilson" and cell["ci95"] == pytest.approx(100 * (ci.high - ci.low) / 2)

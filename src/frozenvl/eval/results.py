@@ -24,7 +24,8 @@ import numpy as np
 
 from frozenvl.files import atomic_path, read_json, write_text_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: VQA-accuracy and exact-match per-query scores in percent (format 1: fractions, read too)
+FRACTION_SCORES_V1 = ("vqa_accuracy", "exact_match")  # metrics whose format-1 per-query scores were in [0, 1]
 
 
 def _clean(value: Any) -> Any:
@@ -178,9 +179,15 @@ class EvalResults:
         data = read_json(path, "results file")
         if not isinstance(data, dict):
             raise ValueError(f"results file {path} is not a JSON object")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported results format {data.get('format_version')!r}")
-        return cls(task=data["task"], config=data.get("config", {}), runs=data.get("runs", []))
+        version = data.get("format_version")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"{path}: unsupported results format {version!r}")
+        config, runs = data.get("config", {}), data.get("runs", [])
+        if version == 1 and (config.get("task") or {}).get("metric") in FRACTION_SCORES_V1:
+            for sample in (s for r in runs for s in r.get("predictions") or []):
+                if _is_number(sample.get("score")):
+                    sample["score"] = 100.0 * sample["score"]  # to percent, like the headline
+        return cls(task=data["task"], config=config, runs=runs)
 
 
 def plot_metric_vs_shots(results: EvalResults | Sequence[EvalResults], path: str | os.PathLike,
