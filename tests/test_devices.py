@@ -16,7 +16,15 @@ from frozenvl.cli import main
 from frozenvl.flame.baseline import ClipBaseline, baseline_config
 from frozenvl.flame.model import FlameModel, flame_config
 from frozenvl.flamingo import Flamingo, build
-from frozenvl.testing import TINY_FLAMINGO, images, save_tiny_backbones, tiny_lm, tiny_tokenizer, tiny_vision
+from frozenvl.testing import (
+    TINY_FLAMINGO,
+    images,
+    open_all_gates,
+    save_tiny_backbones,
+    tiny_lm,
+    tiny_tokenizer,
+    tiny_vision,
+)
 
 MODEL_COMMANDS = [["demo"], ["generate"], ["train"], ["eval", "flamingo"], ["flame", "embed"], ["flame", "eval"],
                   ["compare"]]
@@ -34,10 +42,7 @@ def _floating(model: torch.nn.Module) -> set[torch.dtype]:
 def _tiny(dtype: torch.dtype | None = None, **kwargs):
     model, processor = build(lm=tiny_lm("llama", seed=1), tokenizer=tiny_tokenizer(), vision=tiny_vision(seed=1),
                              dtype=dtype, **{**TINY_FLAMINGO, **kwargs})
-    with torch.no_grad():  # open the gates (0 at init), so that the images matter
-        for name, p in model.named_parameters():
-            if name.endswith("gate.alpha"):
-                p.fill_(0.7)
+    open_all_gates(model)  # 0 at init: open, so that the images matter
     return model.eval(), processor
 
 

@@ -9,7 +9,7 @@ import torch
 from frozenvl.flamingo import FlamingoCache, build
 from frozenvl.flamingo.cache import select_lm_cache
 from frozenvl.flamingo.fusion import FusedDecoderLayer
-from frozenvl.testing import TINY_FLAMINGO, images, tiny_flamingo, tiny_tokenizer, tiny_vision
+from frozenvl.testing import TINY_FLAMINGO, images, open_all_gates, tiny_flamingo, tiny_tokenizer, tiny_vision
 
 PROMPTS = ["<image>a cat sat on the mat", "<image>the dog"]
 
@@ -28,9 +28,7 @@ def _flamingo(family: str):
     lm = (tf.MistralForCausalLM(tf.MistralConfig(**common)) if family == "mistral"
           else tf.Gemma2ForCausalLM(tf.Gemma2Config(pad_token_id=None, **common))).eval()
     model, proc = build(lm=lm, tokenizer=tiny_tokenizer(), vision=tiny_vision(), **TINY_FLAMINGO)
-    for name, p in model.named_parameters():
-        if name.endswith("gate.alpha"):
-            torch.nn.init.constant_(p, 0.5)  # open gates: the images matter
+    open_all_gates(model, 0.5)  # the images matter
     return model, proc
 
 

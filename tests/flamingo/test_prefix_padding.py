@@ -14,7 +14,7 @@ import torch
 from frozenvl.eval.scoring import FewShotScorer
 from frozenvl.flamingo import build
 from frozenvl.flamingo.generation import generate
-from frozenvl.testing import TINY_FLAMINGO, images, tiny_lm, tiny_tokenizer, tiny_vision
+from frozenvl.testing import TINY_FLAMINGO, images, open_all_gates, tiny_lm, tiny_tokenizer, tiny_vision
 
 FAMILIES = ["llama", "mpt", "mistral", "gemma2", "jamba"]
 PREFIX = "<image>a cat on a mat.<|endofchunk|><image>two dogs.<|endofchunk|>"
@@ -43,10 +43,7 @@ def _lm(family: str):
 
 def _flamingo(family: str):
     model, proc = build(lm=_lm(family), tokenizer=tiny_tokenizer(), vision=tiny_vision(), **TINY_FLAMINGO)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.alpha"):
-                p.fill_(0.7)  # open gates: the images matter
+    open_all_gates(model)  # the images matter
     return model.eval(), proc
 
 
